@@ -1,0 +1,37 @@
+# Every target sets up .venv itself: a fresh machine needs only python3 (>= 3.10) and make.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: book test notebooks browser clean
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+## make book: install, then build the HTML book from the committed notebook outputs
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo
+	@echo "The book is built: open $(CURDIR)/_build/html/index.html"
+
+## make test: install, then the whole suite (package, notebooks with nbval, book build, browser)
+test: $(STAMP) browser
+	$(PY) -m pytest tests chapters --nbval --nbval-current-env \
+		--sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
+
+## make notebooks: re-execute every chapter in place (after changing a chapter or a module)
+notebooks: $(STAMP)
+	$(PY) tools/run_notebooks.py chapters/*.ipynb
+
+## headless Chromium for the browser test, from Debian's packages
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		command -v apt-get >/dev/null 2>&1 || { echo "Install Chromium for the browser test (tests/test_book.py)"; exit 1; }; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+clean:
+	rm -rf _build test-artifacts .pytest_cache

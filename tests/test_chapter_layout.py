@@ -1,0 +1,55 @@
+"""Every chapter follows book/chapter_layout.md: title, Colab badge, install cell, runtime summary."""
+
+import re
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import ROOT, toc_files
+
+CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
+REPO_URL = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+REPO = REPO_URL.removeprefix("https://github.com/")
+
+
+def test_every_toc_page_exists_and_every_chapter_is_in_the_toc():
+    files = toc_files()
+    for doc in files:
+        assert (ROOT / f"{doc}.md").exists() or (ROOT / f"{doc}.ipynb").exists(), doc
+    listed = {f for f in files if f.startswith("chapters/")}
+    assert {f"chapters/{p.stem}" for p in CHAPTERS} == listed
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_layout(path):
+    number = int(re.match(r"(\d\d)_[a-z0-9_]+$", path.stem).group(1))
+    nb = nbformat.read(path, as_version=4)
+    title, install, summary = nb.cells[:3]
+
+    assert title.cell_type == "markdown"
+    assert re.match(rf"# {number}\. \S", title.source), "first line must be '# N. Title'"
+    badge = (f"[![Open in Colab](../book/_static/colab-badge.svg)](https://colab.research.google.com/"
+             f"github/{REPO}/blob/main/chapters/{path.name})")
+    assert badge in title.source, "the Colab badge must link to this very notebook"
+
+    assert install.cell_type == "code"
+    assert 'if "google.colab" in sys.modules:' in install.source
+    assert f"git+{REPO_URL}" in install.source
+    assert summary.cell_type == "code"
+    assert summary.source.startswith("# NBVAL_IGNORE_OUTPUT") and "runtime.summary()" in summary.source
+
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert "widgets" not in nb.metadata, "strip widget state (make notebooks does it)"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_was_executed_top_to_bottom_with_a_figure(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), "run the notebook once, top to bottom (make notebooks)"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    figures = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
+    assert figures, "every chapter shows at least one figure"
