@@ -1,0 +1,181 @@
+"""Checkpoints in the Hugging Face layout: load the published ModernBERT, save ours. Chapter 8.
+
+A checkpoint is a directory with `config.json` (a transformers ModernBertConfig) and the weights
+in safetensors: `model.safetensors`, or shards listed in `model.safetensors.index.json`. Our
+parameter names are the reference's, so a state dict maps one to one; the only twists are
+
+- the encoder's names start with "model." inside a model with a head
+  ("model.layers.0.attn.Wqkv.weight"), and not in a bare encoder ("layers.0.attn.Wqkv.weight");
+- the MLM decoder's weight is the token embedding, so it is not stored (transformers leaves it
+  out too) and, if a file has it anyway, it must equal the embedding.
+
+Loading is strict by default: a missing, unexpected or misshapen key is a ValueError that lists
+them. `strict=False` is for changing heads, e.g. the published MLM checkpoint into a classifier
+(its `head.*` is reused, `decoder.*` is dropped, the classifier starts fresh) or into a bare
+encoder; the encoder itself must still be complete, and what was skipped is reported in a warning.
+Only safetensors are read: a pickle file can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModernBertConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+ENCODER_PREFIX = "model."  # where the encoder sits inside a model with a head
+
+
+# ----------------------------------------------------------------------------- reading files
+def resolve_checkpoint(name_or_dir: str | Path, revision: str | None = None) -> Path:
+    """A local directory as is; anything else is a hub id, downloaded with huggingface_hub."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    text = str(name_or_dir)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise FileNotFoundError(f"{text} is not a checkpoint directory")
+    from huggingface_hub import snapshot_download  # only here: loading a local dir never needs it
+
+    return Path(snapshot_download(repo_id=text, revision=revision,
+                                  allow_patterns=[CONFIG_NAME, WEIGHTS_INDEX_NAME, "*.safetensors"]))
+
+
+def read_hf_config(directory: Path) -> dict:
+    config_file = directory / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
+    return json.loads(config_file.read_text())
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint, from model.safetensors or from its shards."""
+    if (directory / WEIGHTS_NAME).is_file():
+        return load_file(directory / WEIGHTS_NAME)
+    if (directory / WEIGHTS_INDEX_NAME).is_file():
+        weight_map = json.loads((directory / WEIGHTS_INDEX_NAME).read_text())["weight_map"]
+        state_dict = {}
+        for shard in sorted(set(weight_map.values())):
+            state_dict.update(load_file(directory / shard))
+        return state_dict
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    hint = (f"; it has {pickles}, but pickle files are not loaded (they can run code): "
+            "convert them to safetensors first") if pickles else ""
+    raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}{hint}")
+
+
+# ----------------------------------------------------------------------------- matching names
+def align_prefix(state_dict: dict, encoder_prefix: str) -> dict:
+    """Add or strip the encoder's "model." so a checkpoint's names follow the model's."""
+    has_prefix = any(key.startswith(ENCODER_PREFIX) for key in state_dict)
+    if encoder_prefix and not has_prefix:  # a bare encoder's checkpoint, into a model with a head
+        return {encoder_prefix + key: value for key, value in state_dict.items()}
+    if not encoder_prefix and has_prefix:  # a model with a head, into a bare encoder
+        return {key.removeprefix(ENCODER_PREFIX): value for key, value in state_dict.items()}
+    return state_dict
+
+
+def _listing(title: str, keys: list[str], limit: int = 40) -> str:
+    shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return f"\n  {title} ({len(keys)}): {shown}"
+
+
+def load_hf_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
+                       strict: bool = True) -> dict[str, list[str]]:
+    """Copy a state dict named as transformers names it into `model` (any of the three classes).
+
+    Misshapen keys and missing encoder keys are always a ValueError; with strict=True missing
+    head keys and unexpected keys are too. Returns {"missing": [...], "unexpected": [...]}:
+    what was left at its initialisation and what was dropped (both empty when strict).
+    """
+    state_dict = dict(align_prefix(state_dict, model.encoder_prefix))  # ours to change
+    expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
+    for tied, source in model.tied_weights.items():  # stored once, under `source`
+        del expected[tied]
+        if tied in state_dict:
+            duplicate = state_dict.pop(tied)
+            if source in state_dict and not torch.equal(duplicate, state_dict[source]):
+                raise ValueError(f"checkpoint has {tied} different from {source}, but the model "
+                                 f"ties them (tie_word_embeddings): it is not a ModernBERT checkpoint")
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    misshapen = [f"{key} {tuple(state_dict[key].shape)} != {tuple(expected[key])}"
+                 for key in sorted(expected.keys() & state_dict.keys())
+                 if state_dict[key].shape != expected[key]]
+    missing_encoder = [key for key in missing if key.startswith(model.encoder_prefix)]
+
+    if misshapen or missing_encoder or (strict and (missing or unexpected)):
+        name = type(model).__name__
+        message = f"checkpoint does not match {name}:"
+        message += _listing("misshapen (checkpoint != model)", misshapen) if misshapen else ""
+        message += _listing("missing", missing) if missing else ""
+        message += _listing("unexpected", unexpected) if unexpected else ""
+        if not (misshapen or missing_encoder):
+            message += ("\n  the encoder matches: pass strict=False to keep the new head's "
+                        "initialisation for the missing keys and drop the unexpected ones")
+        raise ValueError(message)
+    if missing or unexpected:
+        warnings.warn(f"loaded {type(model).__name__} with strict=False:"
+                      + (_listing("initialised, not loaded", missing) if missing else "")
+                      + (_listing("dropped", unexpected) if unexpected else ""), stacklevel=3)
+    model.load_state_dict({key: state_dict[key] for key in expected.keys() & state_dict.keys()},
+                          strict=False)
+    return {"missing": missing, "unexpected": unexpected}
+
+
+# ----------------------------------------------------------------------------- the mixin
+class HubMixin:
+    """from_pretrained / save_pretrained, for the encoder and both models with a head."""
+
+    hf_architecture: str  # the transformers class name written into config.json
+    encoder_prefix: str  # "" for the bare encoder, "model." inside a model with a head
+    tied_weights: dict[str, str] = {}  # parameter name -> the name it shares storage with
+
+    def hf_config_extras(self) -> dict:
+        """Fields besides the ModernBertConfig's that config.json needs (e.g. the labels)."""
+        return {}
+
+    @classmethod
+    def init_kwargs_from_hf(cls, hf: dict) -> dict:
+        """Constructor arguments besides the config, read from config.json (e.g. num_labels)."""
+        return {}
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path, *, strict: bool = True,
+                        revision: str | None = None, **overrides):
+        """Load a checkpoint in the Hugging Face layout: a local directory, or a hub id.
+
+        overrides: ModernBertConfig fields (e.g. attention_backend="eager") and constructor
+        arguments (num_labels=3). Returns the model in eval mode, like transformers.
+        """
+        directory = resolve_checkpoint(name_or_dir, revision)
+        hf = read_hf_config(directory)
+        config_fields = {f.name for f in fields(ModernBertConfig)}
+        config = ModernBertConfig.from_hf_dict(
+            hf, **{k: v for k, v in overrides.items() if k in config_fields})
+        init_kwargs = {**cls.init_kwargs_from_hf(hf),
+                       **{k: v for k, v in overrides.items() if k not in config_fields}}
+        model = cls(config, **init_kwargs)
+        load_hf_state_dict(model, read_state_dict(directory), strict=strict)
+        return model.eval()
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json and model.safetensors, as transformers' save_pretrained does."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        dtype = next(self.parameters()).dtype
+        hf = {**self.config.to_hf_dict(self.hf_architecture), **self.hf_config_extras(),
+              "dtype": str(dtype).removeprefix("torch.")}
+        (directory / CONFIG_NAME).write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+        tensors = {key: tensor.detach().cpu().contiguous()
+                   for key, tensor in self.state_dict().items() if key not in self.tied_weights}
+        save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        return directory

@@ -1,0 +1,57 @@
+"""Rotary position embeddings (RoPE), as ModernBERT uses them. Chapter 2 teaches it.
+
+ModernBERT has no position embedding table. Instead, each attention layer rotates every query
+and key by an angle that grows with the token's position, so the dot product q . k depends only
+on their distance. Pairs of channels rotate at different speeds: channel pair i turns by
+`position * theta ** (-2i / head_dim)` radians.
+
+Two details pin it to the reference:
+- Non-interleaved ("rotate-half") layout: channel i pairs with channel i + head_dim / 2, not
+  with its neighbour i + 1.
+- One theta per layer type: 160,000 for global layers (long range, slow rotations) and 10,000
+  for local ones (they only look 64 tokens away).
+
+Angles, cos and sin are computed in float32 whatever the model's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rope_frequencies(head_dim: int, theta: float, device=None) -> torch.Tensor:
+    """The rotation speed of each channel pair, in radians per position.  # (head_dim / 2,)"""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim
+    return 1.0 / (theta ** exponents)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int,
+                 theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every (position, channel) angle.
+
+    positions: integer tensor of any shape, e.g. (S,) -> cos, sin of shape (S, head_dim).
+    The two halves of the last dimension repeat the same frequencies (rotate-half layout).
+    """
+    inv_freq = rope_frequencies(head_dim, theta, positions.device)  # (hd/2,)
+    freqs = positions[..., None].float() * inv_freq  # (S, hd/2): angle of each pair at each position
+    angles = torch.cat((freqs, freqs), dim=-1)  # (S, hd)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension: a 90-degree turn per pair."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotate queries and keys: x * cos + rotate_half(x) * sin, computed in float32.
+
+    q, k: (B, nh, S, hd); cos, sin: (S, hd), or anything that broadcasts against q and k.
+    Returns q and k rotated, in their own dtype.
+    """
+    def rotate(x):
+        x32 = x.float()
+        return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+    return rotate(q), rotate(k)

@@ -1,0 +1,332 @@
+"""The tokenizer: byte-level BPE as ModernBERT uses it, and BPE itself from scratch (chapter 1).
+
+ModernBERT reads text through the byte-level BPE tokenizer of OLMo (itself the GPT-NeoX recipe):
+text is split into words by the GPT-2 regular expression, each word keeps the space in front of
+it, and every byte is mapped to one printable character (a space becomes "Ġ"), so any text,
+code and emoji included, is a sequence of known symbols and decodes back exactly. BPE then merges
+the most frequent adjacent pair of symbols again and again; the ordered list of merges *is* the
+tokenizer. On top of that sit the encoder's special tokens, [CLS] text [SEP] (and
+[CLS] a [SEP] b [SEP] for pairs), a [MASK] token that swallows the space before it (so
+"a [MASK]" masks the word " b" of "a b"), and a vocabulary padded to a multiple of 64 so the
+embedding matrix tiles well on a GPU (50,368 for ModernBERT).
+
+This module holds, in the order chapter 1 builds them:
+
+1. `toy_bpe_train` / `toy_bpe_encode`: BPE in plain Python, short enough to read in one go. It
+   learns the same merges, in the same order, as the `tokenizers` library (tests check this).
+2. `train_tokenizer`, `save_tokenizer`, `load_tokenizer`: the ModernBERT-style tokenizer with
+   `tokenizers`, trained on our own corpus, or the published one read from its tokenizer.json.
+3. `train_wordpiece` and `tokens_per_char`: BERT's WordPiece on the same data, to compare.
+
+Our special tokens come first, so their ids are fixed and small: [UNK]=0 [CLS]=1 [SEP]=2
+[PAD]=3 [MASK]=4 (the mini configs use these). The published ModernBERT tokenizer keeps them at
+the end instead (50281-50284); `load_tokenizer` reads whichever tokenizer.json it is given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import processors, trainers
+
+SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+UNK_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+VOCAB_MULTIPLE = 64  # ModernBERT pads its vocabulary to a multiple of 64 (50,368 = 787 * 64)
+BYTE_ALPHABET_SIZE = 256  # byte-level BPE starts from one symbol per byte
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + BYTE_ALPHABET_SIZE
+UNUSED_TOKEN = "[unused{}]"  # fills the vocabulary up to the multiple of 64; never produced
+TOKENIZER_FILE = "tokenizer.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. BPE from scratch
+# ---------------------------------------------------------------------------------------------
+
+def toy_bpe_train(corpus: str | Iterable[str], num_merges: int) -> list[tuple[str, str]]:
+    """Learn `num_merges` BPE merges from a corpus, in plain Python.
+
+    `corpus` is a text, split into words on whitespace, or an iterable of words already split
+    (for instance `byte_level_words(text)`). Every word starts as its characters. Each step
+    counts every adjacent pair of symbols in every word (weighted by how often the word occurs),
+    merges the most frequent pair everywhere, and records it. Stops early when no pair is left.
+
+    Ties: among pairs with the same count, the pair whose symbols entered the vocabulary first
+    wins. The vocabulary starts as the characters sorted by code point, and each merged symbol
+    is appended when it is first made. This is the rule of the `tokenizers` BpeTrainer (a heap
+    ordered by count, then by the smaller pair of token ids, where ids are given in exactly that
+    order), so both learn the same merges in the same order from the same words. Like the library,
+    "aaa" counts the pair (a, a) twice though only one merge fits. For the same words, give the
+    library no normalizer and the pre-tokenizer WhitespaceSplit (for a text) or
+    ByteLevel(add_prefix_space=False) (for `byte_level_words`), and ask its BpeTrainer for
+    len(alphabet) + num_merges tokens.
+    """
+    if num_merges < 0:
+        raise ValueError(f"num_merges must be >= 0, got {num_merges}")
+    word_counts = Counter(corpus.split() if isinstance(corpus, str) else corpus)
+    words = [(list(word), count) for word, count in word_counts.items()]
+    alphabet = sorted({char for word in word_counts for char in word})
+    vocab_order = {symbol: i for i, symbol in enumerate(alphabet)}  # the tie-breaker
+
+    merges: list[tuple[str, str]] = []
+    while len(merges) < num_merges:
+        pair_counts: Counter[tuple[str, str]] = Counter()
+        for symbols, count in words:
+            for pair in zip(symbols, symbols[1:]):
+                pair_counts[pair] += count
+        if not pair_counts:
+            break
+        # the most frequent pair; on a tie, the pair of older symbols
+        best = max(pair_counts, key=lambda p: (pair_counts[p], -vocab_order[p[0]], -vocab_order[p[1]]))
+        merges.append(best)
+        vocab_order.setdefault(best[0] + best[1], len(vocab_order))
+        words = [(_merge_pair(symbols, best), count) for symbols, count in words]
+    return merges
+
+
+def toy_bpe_encode(text: str, merges: list[tuple[str, str]]) -> list[str]:
+    """Split `text` into BPE tokens with `merges` (words split on whitespace, as in training).
+
+    Within each word, apply the earliest-learned merge that still applies, until none does.
+    """
+    rank = {pair: i for i, pair in enumerate(merges)}
+    tokens: list[str] = []
+    for word in text.split():
+        symbols = list(word)
+        while len(symbols) > 1:
+            best = min(zip(symbols, symbols[1:]), key=lambda p: rank.get(p, math.inf))
+            if best not in rank:
+                break
+            symbols = _merge_pair(symbols, best)
+        tokens.extend(symbols)
+    return tokens
+
+
+def _merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """Replace each occurrence of `pair` in `symbols` by the merged symbol, left to right."""
+    merged, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
+
+
+def byte_level_words(text: str) -> list[str]:
+    """Pre-tokenize like ModernBERT: GPT-2 regex words, each byte as a printable character.
+
+    A word keeps the space in front of it; a run of whitespace gives all but its last space to
+    one word, so an indented line starts with "ĊĠĠĠ" (newline, 3 spaces) then "Ġreturn":
+
+    "def f(x):\\n    return x" -> ['def', 'Ġf', '(', 'x', '):', 'ĊĠĠĠ', 'Ġreturn', 'Ġx']
+    """
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    return [word for word, _ in byte_level.pre_tokenize_str(text)]
+
+
+def bpe_merges(tokenizer: Tokenizer) -> list[tuple[str, str]]:
+    """The ordered merges of a BPE tokenizer from `tokenizers`, as pairs of symbols."""
+    model = json.loads(tokenizer.to_str())["model"]
+    if model.get("type") != "BPE":
+        raise ValueError(f"not a BPE tokenizer: its model is {model.get('type')!r}")
+    # tokenizers >= 0.20 writes [a, b]; older files write "a b"
+    return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The ModernBERT-style tokenizer
+# ---------------------------------------------------------------------------------------------
+
+def round_up(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """The smallest multiple of `multiple` that is >= n."""
+    return -(-n // multiple) * multiple
+
+
+def _special_tokens() -> list[AddedToken]:
+    """The five special tokens in id order; [MASK] strips the space before it."""
+    return [AddedToken(token, special=True, normalized=False, lstrip=(token == "[MASK]"))
+            for token in SPECIAL_TOKENS]
+
+
+def _encoder_template() -> processors.TemplateProcessing:
+    """[CLS] A [SEP] for one text, [CLS] A [SEP] B [SEP] for a pair (B has type id 1)."""
+    return processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
+    )
+
+
+def _check_training_args(vocab_size: int) -> None:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size={vocab_size} is too small: it must hold the "
+                         f"{len(SPECIAL_TOKENS)} special tokens and the {BYTE_ALPHABET_SIZE} "
+                         f"bytes, so at least {MIN_VOCAB_SIZE}")
+
+
+def _non_empty(texts: Iterable[str]) -> Iterator[str]:
+    """Yield the texts; raise ValueError if there is not a single character among them."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be an iterable of strings, not one string")
+    chars = 0
+    for text in texts:
+        if not isinstance(text, str):
+            raise ValueError(f"texts must be strings, got {type(text).__name__}")
+        chars += len(text)
+        yield text
+    if chars == 0:
+        raise ValueError("texts is empty: there is nothing to train on")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192) -> Tokenizer:
+    """Train a byte-level BPE tokenizer set up like ModernBERT's.
+
+    - pre-tokenizer: ByteLevel (GPT-2 regex, no space added in front of the text); decoder:
+      ByteLevel, so decoding gives back the exact text; no normalizer (nothing is lowercased or
+      rewritten);
+    - special tokens [UNK] [CLS] [SEP] [PAD] [MASK] with ids 0..4, [MASK] strips the space
+      before it;
+    - post-processor: [CLS] a [SEP] and [CLS] a [SEP] b [SEP]; offsets leave out the leading
+      space of a word (trim_offsets);
+    - padding with [PAD] when a batch is encoded;
+    - `vocab_size` is rounded up to a multiple of 64; if the data runs out of merges first, the
+      vocabulary is filled up with [unusedN] entries, which BPE never produces.
+    """
+    _check_training_args(vocab_size)
+    target = round_up(vocab_size)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(_special_tokens())  # ids 0..4, before anything else
+    trainer = trainers.BpeTrainer(
+        vocab_size=target,
+        special_tokens=_special_tokens(),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_non_empty(texts), trainer)
+    tokenizer.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=True),
+        _encoder_template(),
+    ])
+    tokenizer = _fill_vocab(tokenizer, target)
+    tokenizer.enable_padding(pad_id=PAD_ID, pad_token="[PAD]")
+    return tokenizer
+
+
+def _fill_vocab(tokenizer: Tokenizer, size: int) -> Tokenizer:
+    """Add [unusedN] entries to the BPE vocabulary until it has `size` tokens.
+
+    They are vocabulary entries without a merge that builds them, so BPE never outputs them, and
+    unlike added tokens they are not matched in the input text either.
+    """
+    spec = json.loads(tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    missing = size - tokenizer.get_vocab_size()
+    for i in range(missing):
+        vocab[UNUSED_TOKEN.format(i)] = len(vocab)
+    return Tokenizer.from_str(json.dumps(spec)) if missing > 0 else tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path:
+    """Write tokenizer.json (and a tokenizer_config.json for `transformers`) into `directory`.
+
+    `transformers.AutoTokenizer.from_pretrained(directory)` then loads it as a fast tokenizer
+    with the same ids. Returns the path of tokenizer.json.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / TOKENIZER_FILE
+    tokenizer.save(str(path))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+        "pad_token": "[PAD]", "mask_token": "[MASK]",
+        "model_input_names": ["input_ids", "attention_mask"],  # no token type embeddings
+        "clean_up_tokenization_spaces": False,  # keep decoding exact
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # "answerdotai/ModernBERT-base"
+
+
+def load_tokenizer(source: str | Path) -> Tokenizer:
+    """Read a tokenizer.json: a file, a directory holding one, or a Hugging Face hub id.
+
+    A hub id (e.g. "answerdotai/ModernBERT-base") is tried only when no local path of that name
+    exists; it needs the network (or the hub cache). A missing file is a FileNotFoundError (an
+    OSError), a file that is not a tokenizer a ValueError.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    elif not path.exists() and _HUB_ID.match(str(source)):
+        from huggingface_hub import hf_hub_download  # only needed for the hub
+
+        path = Path(hf_hub_download(str(source), TOKENIZER_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer at {source!s}: expected a {TOKENIZER_FILE} file, "
+                                f"a directory holding one, or a hub id like 'owner/name'")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception for bad JSON
+        raise ValueError(f"{path} is not a valid {TOKENIZER_FILE}: {error}") from error
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Token efficiency: BPE versus BERT's WordPiece
+# ---------------------------------------------------------------------------------------------
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 8192) -> Tokenizer:
+    """Train a BERT-style WordPiece tokenizer (uncased) on the same kind of data, to compare.
+
+    BERT's recipe: normalize (lowercase, strip accents, clean control characters), split on
+    whitespace and punctuation, then WordPiece with "##" continuation pieces. Whitespace is
+    thrown away, so unlike byte-level BPE it cannot give back code's indentation or newlines.
+    Same special tokens and ids as `train_tokenizer`.
+    """
+    _check_training_args(vocab_size)
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.add_special_tokens(_special_tokens())
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=_special_tokens(),
+                                        show_progress=False)
+    tokenizer.train_from_iterator(_non_empty(texts), trainer)
+    tokenizer.post_processor = _encoder_template()
+    return tokenizer
+
+
+def count_tokens(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int = 64) -> int:
+    """How many tokens `texts` become, special tokens and padding left out."""
+    counter = Tokenizer.from_str(tokenizer.to_str())  # a copy we may change
+    counter.no_padding()
+    counter.no_truncation()
+    total = 0
+    texts = iter(texts)
+    while batch := list(itertools.islice(texts, batch_size)):
+        total += sum(len(e.ids) for e in counter.encode_batch(batch, add_special_tokens=False))
+    return total
+
+
+def tokens_per_char(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
+    """Tokens per character over `texts`: lower means shorter sequences for the same text."""
+    texts = list(texts)
+    chars = sum(len(t) for t in texts)
+    if chars == 0:
+        raise ValueError("texts is empty: no characters to count")
+    return count_tokens(tokenizer, texts) / chars

@@ -1,0 +1,143 @@
+"""data.py: the offline stdlib corpus, its cache and its fixed split, on a hand-made library and on
+the real one."""
+
+import sys
+
+import pytest
+
+from modernbert_mini import data
+
+
+def write(path, content):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+
+
+@pytest.fixture
+def fake_stdlib(tmp_path):
+    """A small library laid out like the real one, with everything the corpus must leave out."""
+    root = tmp_path / "lib"
+    write(root / "a.py", "def f():\n    return 1\n")
+    write(root / "dup.py", "def f():\n    return 1\n")  # an exact copy of a.py
+    write(root / "empty.py", "")
+    write(root / "pkg" / "__init__.py", "\n")
+    write(root / "pkg" / "b.py", "x = 'é'  # UTF-8\n")
+    write(root / "latin.py", "# -*- coding: latin-1 -*-\ns = 'caf\xe9'\n".encode("latin-1"))
+    write(root / "notes.txt", "Some prose.\n")
+    write(root / "broken.txt", b"\xff\xfe not utf-8 \xff")
+    write(root / "pydoc_data" / "topics.py",
+          "topics = {'if': 'The if statement', 'assert': 'The assert statement'}\n")
+    for left_out in ("pkg/tests/test_b.py", "test/test_x.py", "site-packages/numpy.py",
+                     "encodings/cp1252.py", "config-3.11-x86_64-linux-gnu/python-config.py",
+                     "_sysconfigdata__linux_x86_64-linux-gnu.py", "lib2to3/Grammar.txt",
+                     "__pycache__/a.py"):
+        write(root / left_out, f"left_out = {left_out!r}\n")
+    return root
+
+
+def test_corpus_rules_on_a_hand_made_library(fake_stdlib):
+    docs = data.build_corpus(fake_stdlib)
+    assert [(d.id, d.kind) for d in docs] == [
+        ("a.py", "code"),  # dup.py is the same text: kept once, under the first id
+        ("latin.py", "code"),
+        ("notes.txt", "prose"),
+        ("pkg/b.py", "code"),
+        ("pydoc_data/topics.py#assert", "prose"),
+        ("pydoc_data/topics.py#if", "prose"),
+    ]
+    texts = {d.id: d.text for d in docs}
+    assert texts["latin.py"].endswith("s = 'café'\n")  # decoded with the file's coding cookie
+    assert texts["pydoc_data/topics.py#if"] == "The if statement"
+    for doc in docs:
+        assert doc.split == ("validation" if data.is_heldout(doc.id) else "train")
+
+
+def test_cache_gives_back_the_same_documents(fake_stdlib, tmp_path):
+    built = data.load_corpus(cache_dir=tmp_path / "cache", root=fake_stdlib)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert data.load_corpus(cache_dir=tmp_path / "cache", root=fake_stdlib) == built
+    write(fake_stdlib / "new.py", "new = True\n")
+    assert data.load_corpus(cache_dir=tmp_path / "cache", root=fake_stdlib) == built  # cached
+    rebuilt = data.load_corpus(cache_dir=tmp_path / "cache", root=fake_stdlib, rebuild=True)
+    assert "new.py" in {d.id for d in rebuilt}
+
+
+def test_the_split_is_a_fixed_hash_of_the_path():
+    # sha256, not Python's salted hash(): the same on every machine, in every process
+    assert data.stable_hash("json/decoder.py") == 4264412640196777893
+    assert data.is_heldout("asyncio/events.py")  # 13 < 20
+    assert not data.is_heldout("json/decoder.py")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return data.load_corpus(cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_real_corpus_is_deterministic(corpus, tmp_path):
+    assert data.load_corpus(cache_dir=tmp_path) == corpus  # built again from scratch
+
+
+def test_real_corpus_shape(corpus):
+    ids = [d.id for d in corpus]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert len({d.text for d in corpus}) == len(corpus)  # no exact duplicates
+    assert {d.kind for d in corpus} == {"code", "prose"}
+    assert any(d.id.startswith("pydoc_data/topics.py#") for d in corpus)
+    assert {"json/decoder.py", "asyncio/events.py", "LICENSE.txt"} <= set(ids)
+    for doc_id in ids:
+        parts = doc_id.split("#")[0].split("/")
+        assert not {"test", "tests", "idle_test", "site-packages", "encodings"} & set(parts)
+    heldout = sum(d.split == "validation" for d in corpus) / len(corpus)
+    assert 0.1 < heldout < 0.3
+
+
+def test_splits_and_kinds_select(corpus, tmp_path):
+    cache = {"cache_dir": tmp_path}
+    train = data.load_corpus("train", **cache)
+    prose = data.load_corpus("validation", "prose", **cache)
+    assert train == [d for d in corpus if d.split == "train"]
+    assert prose == [d for d in corpus if d.split == "validation" and d.kind == "prose"]
+    code = data.corpus_texts("train", "code", **cache)
+    assert code == [d.text for d in train if d.kind == "code"]
+    prose_texts, code_texts = data.prose_and_code(corpus)
+    assert len(prose_texts) + len(code_texts) == len(corpus)
+    assert {d.id for d in train}.isdisjoint(d.id for d in corpus if d.split == "validation")
+
+
+def test_corpus_tokenizer_is_trained_once_then_read_from_the_cache(corpus, tmp_path):
+    trained = data.corpus_tokenizer(500, cache_dir=tmp_path)
+    assert trained.get_vocab_size() == 512
+    assert data.corpus_tokenizer(500, cache_dir=tmp_path).to_str() == trained.to_str()
+    assert data.corpus_size(corpus[:3], trained)["tokens"] == sum(
+        len(trained.encode(d.text, add_special_tokens=False).ids) for d in corpus[:3])
+
+
+def test_corpus_size_counts(corpus):
+    docs = corpus[:5]
+    assert data.corpus_size(docs) == {"documents": 5, "characters": sum(len(d.text) for d in docs)}
+
+
+@pytest.mark.parametrize("kwargs", [{"split": "test"}, {"kind": "docs"}])
+def test_bad_arguments(kwargs, tmp_path):
+    with pytest.raises(ValueError, match="must be one of"):
+        data.load_corpus(cache_dir=tmp_path, **kwargs)
+
+
+def test_missing_library_dir(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        data.build_corpus(tmp_path / "nowhere")
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODERNBERT_MINI_CACHE", str(tmp_path))
+    assert data.default_cache_dir() == tmp_path
+
+
+def test_streaming_without_datasets_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets now fails
+    with pytest.raises(ImportError, match="pip install datasets"):
+        data.stream_corpus()
