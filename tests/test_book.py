@@ -15,7 +15,11 @@ from urllib.parse import unquote, urldefrag, urlparse
 
 import pytest
 
-from conftest import ARTIFACTS, toc_files
+import yaml
+
+from conftest import ARTIFACTS, ROOT, toc_files
+
+REPO = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].removeprefix("https://github.com/")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -114,6 +118,12 @@ def page_problems(browser, base, html, doc):
         elif fragment and target.suffix == ".html" and not re.search(
                 rf'id="{re.escape(unquote(fragment))}"', target.read_text(encoding="utf-8")):
             problems.append(f"broken anchor: {href}")
+
+    # every notebook page has a Colab launch button that opens this very notebook
+    if doc.startswith("chapters/"):
+        colab = f"https://colab.research.google.com/github/{REPO}/blob/main/{doc}.ipynb"
+        if not page.locator(f'.bd-header-article a[href="{colab}"]').count():
+            problems.append(f"no Colab launch button to {colab}")
 
     problems += [f"external request (the book must render offline): {u}" for u in external]
     return problems, page
