@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from .attention import ATTENTION_BACKENDS
+# The attention backends by name (backends.py implements them; the config only holds names):
+# "auto" picks one at forward time for the device, dtype and input.
+ATTENTION_BACKENDS = ("auto", "eager", "sdpa", "local", "varlen", "tiled", "triton", "flash_attn")
 
 # What transformers writes for ModernBERT and this package builds: anything else is another model.
 _FIXED_HF_FIELDS = {
@@ -61,7 +63,7 @@ class ModernBertConfig:
     # heads
     classifier_pooling: str = "cls"  # "cls" (first token) or "mean" (over non-pad tokens)
     sparse_prediction: bool = False  # MLM head only on positions with a label
-    # how attention is computed (see attention.py): "auto", "eager" or "sdpa"
+    # how attention is computed (see backends.py): one of ATTENTION_BACKENDS
     attention_backend: str = "auto"
 
     # ------------------------------------------------------------------ sizes
@@ -148,8 +150,8 @@ class ModernBertConfig:
             bad("classifier_pooling", 'must be "cls" or "mean"')
         if not isinstance(self.sparse_prediction, bool):
             bad("sparse_prediction", "must be True or False")
-        if self.attention_backend not in ("auto", *ATTENTION_BACKENDS):
-            bad("attention_backend", f"must be one of {['auto', *ATTENTION_BACKENDS]}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            bad("attention_backend", f"must be one of {list(ATTENTION_BACKENDS)}")
 
     # ------------------------------------------------------------------ transformers config.json
     def to_hf_dict(self, architecture: str | None = None) -> dict:
