@@ -10,7 +10,7 @@ package will take here. The rules follow the hardware, not what a library is wil
 - Triton kernels (chapter 7) run on a CUDA GPU, or on the CPU in the interpreter when the
   environment variable TRITON_INTERPRET=1 is set.
 
-The attention backends themselves live with attention (chapters 5-7); this module only says
+The attention backends themselves live with attention (chapters 4, 6 and 7); this module only says
 which of them this machine can run.
 """
 
