@@ -1,0 +1,187 @@
+"""How ModernBERT is optimised: StableAdamW and its schedules. Chapter 9 teaches it.
+
+ModernBERT trains with StableAdamW (Wortsman et al., 2023, "Stable and low-precision training
+for large-scale vision-language models", Algorithm 2): AdamW whose step for each parameter
+tensor is shrunk when the gradient is out of line with the second moment Adam has seen so far.
+For one tensor with gradient g at step t (1-based):
+
+    m_t = beta1 * m_{t-1} + (1 - beta1) * g          v_t = beta2 * v_{t-1} + (1 - beta2) * g^2
+    m_hat = m_t / (1 - beta1^t)                      v_hat = v_t / (1 - beta2^t)
+    rms = sqrt(mean(g^2 / max(v_hat, eps^2)))        over every element of the tensor
+    lr_t = lr / max(1, rms)                          the update clipping of Adafactor
+    p <- p - lr_t * weight_decay * p                 decoupled weight decay (AdamW)
+    p <- p - lr_t * m_hat / (sqrt(v_hat) + eps)
+
+While rms <= 1 this is exactly AdamW (`torch.optim.AdamW` with the same betas, eps and decay).
+A gradient spike makes g^2 much larger than v_hat, so rms > 1 and the step is divided by it:
+no need for a global gradient-norm clip to keep one bad batch from throwing the weights away.
+ModernBERT's settings: betas (0.9, 0.98), eps 1e-6, no weight decay on norms and biases
+(`param_groups` builds the two groups from a model).
+
+The schedules are plain functions of the step (or of the tokens seen), so a reader can plot
+them and a test can check their corners:
+
+- `wsd_schedule`: warmup-stable-decay, the "trapezoidal" learning rate of ModernBERT: a linear
+  warmup, a long constant phase, then a 1-sqrt decay (Hägele et al., 2024). `lr_scheduler` wraps
+  it in a `torch.optim.lr_scheduler.LambdaLR`, whose state_dict holds plain numbers only.
+- `batch_size_schedule`: batch-size warmup. ModernBERT-base starts at 768 sequences a batch and
+  grows linearly to 4,608 over its first 50B tokens; here the unit is tokens per packed batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import torch
+from torch import nn
+
+
+def _check(name: str, value, ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid: {what}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------------- StableAdamW
+class StableAdamW(torch.optim.Optimizer):
+    """AdamW with per-tensor update clipping: each tensor's step divided by max(1, RMS(g^2 / v_hat)).
+
+    params: tensors or parameter groups (see `param_groups`); lr: the peak learning rate (a
+    scheduler multiplies it); betas, eps: Adam's; weight_decay: decoupled, multiplied by the
+    (clipped) learning rate as in torch.optim.AdamW.
+
+    After each step, `state[p]["rms"]` holds that tensor's RMS (a 0-d tensor, no host sync),
+    so a reader can see how often the clipping acts.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.98),
+                 eps: float = 1e-6, weight_decay: float = 0.0):
+        _check("lr", lr, isinstance(lr, (int, float)) and lr >= 0, "must be a number >= 0")
+        _check("betas", betas, len(betas) == 2 and all(0 <= b < 1 for b in betas),
+               "must be two numbers in [0, 1)")
+        _check("eps", eps, isinstance(eps, (int, float)) and eps > 0, "must be a number > 0")
+        _check("weight_decay", weight_decay,
+               isinstance(weight_decay, (int, float)) and weight_decay >= 0, "must be >= 0")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if g.is_sparse:
+                    raise ValueError("StableAdamW does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(g, 1 - beta1)  # beta1 * m + (1 - beta1) * g
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                bias1, bias2 = 1 - beta1 ** t, 1 - beta2 ** t
+                v_hat = v / bias2
+                rms = (g * g / v_hat.clamp(min=eps * eps)).mean().sqrt()  # 0-d
+                step_lr = lr / rms.clamp(min=1.0)  # 0-d: lr, or less when the gradient spikes
+                denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)  # sqrt(v_hat) + eps
+                if weight_decay:
+                    p.mul_(1 - step_lr * weight_decay)
+                p.sub_(step_lr / bias1 * m / denom)  # lr_t * m_hat / (sqrt(v_hat) + eps)
+                state["rms"] = rms
+        return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups for the optimizer: weights decay, norms and biases do not (as ModernBERT).
+
+    A parameter is a norm's if it belongs to a LayerNorm (or any torch normalisation layer), a
+    bias if its name ends in "bias". Tied parameters (the MLM decoder and the token embedding)
+    appear once.
+    """
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+    no_decay_ids = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if isinstance(module, norms) or name.endswith("bias"):
+                no_decay_ids.add(id(param))
+    decay, no_decay = [], []
+    for param in model.parameters():  # each tensor once, tied ones included
+        if param.requires_grad:
+            (no_decay if id(param) in no_decay_ids else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ----------------------------------------------------------------------------- schedules
+def wsd_schedule(step: int, *, warmup_steps: int, decay_steps: int, total_steps: int,
+                 min_ratio: float = 0.0) -> float:
+    """Warmup-stable-decay: the factor the peak learning rate is multiplied by at `step`.
+
+    Step s (0-based) of `total_steps` updates:
+      warmup   s < warmup_steps:              (s + 1) / warmup_steps   (1/W up to 1, never 0)
+      stable   up to total_steps - decay_steps: 1
+      decay    the last decay_steps updates:   1 - sqrt(k / decay_steps), k = 0 .. decay_steps-1
+               (1-sqrt decay), from 1 down towards min_ratio: factor = min_ratio + (1 - min_ratio) * that
+    Past the end (s >= total_steps) the factor is min_ratio.
+    """
+    for name, value in (("warmup_steps", warmup_steps), ("decay_steps", decay_steps)):
+        _check(name, value, _is_int(value) and value >= 0, "must be an integer >= 0")
+    _check("total_steps", total_steps, _is_int(total_steps) and total_steps >= 1,
+           "must be an integer >= 1")
+    _check("warmup_steps + decay_steps", warmup_steps + decay_steps,
+           warmup_steps + decay_steps <= total_steps, f"must be <= total_steps={total_steps}")
+    _check("min_ratio", min_ratio, 0 <= min_ratio <= 1, "must be in [0, 1]")
+    _check("step", step, _is_int(step) and step >= 0, "must be an integer >= 0")
+    if step >= total_steps:
+        return float(min_ratio)
+    decay_start = total_steps - decay_steps
+    if step >= decay_start:
+        progress = (step - decay_start) / decay_steps  # 0 at the first decay update
+        return min_ratio + (1.0 - min_ratio) * (1.0 - math.sqrt(progress))
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 1.0
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, **schedule) -> torch.optim.lr_scheduler.LambdaLR:
+    """`wsd_schedule` as a LambdaLR: the group's lr is its peak lr times the schedule's factor.
+
+    schedule: warmup_steps, decay_steps, total_steps, min_ratio (see `wsd_schedule`).
+    """
+    wsd_schedule(0, **schedule)  # fail here, with the schedule's own message, not at step k
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(wsd_schedule, **schedule))
+
+
+def batch_size_schedule(tokens_seen: int, *, start: int, end: int, warmup_tokens: int,
+                        multiple: int = 1) -> int:
+    """Batch-size warmup: the batch size once `tokens_seen` tokens have been trained on.
+
+    Grows linearly from `start` (at 0 tokens) to `end` (at `warmup_tokens` and after), rounded
+    down to a multiple of `multiple` but never below `start`. With warmup_tokens=0 it is `end`.
+    """
+    for name, value in (("start", start), ("end", end), ("multiple", multiple)):
+        _check(name, value, _is_int(value) and value >= 1, "must be an integer >= 1")
+    _check("end", end, end >= start, f"must be >= start={start}")
+    _check("warmup_tokens", warmup_tokens, _is_int(warmup_tokens) and warmup_tokens >= 0,
+           "must be an integer >= 0")
+    _check("tokens_seen", tokens_seen, _is_int(tokens_seen) and tokens_seen >= 0,
+           "must be an integer >= 0")
+    if tokens_seen >= warmup_tokens:
+        return end
+    size = start + (end - start) * tokens_seen / warmup_tokens
+    return max(start, int(size) // multiple * multiple)
+
