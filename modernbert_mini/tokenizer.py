@@ -16,11 +16,14 @@ This module holds, in the order chapter 1 builds them:
    learns the same merges, in the same order, as the `tokenizers` library (tests check this).
 2. `train_tokenizer`, `save_tokenizer`, `load_tokenizer`: the ModernBERT-style tokenizer with
    `tokenizers`, trained on our own corpus, or the published one read from its tokenizer.json.
-3. `train_wordpiece` and `tokens_per_char`: BERT's WordPiece on the same data, to compare.
+3. `modernbert_tokenizer`: ModernBERT's own tokenizer, rebuilt offline from OLMo's tokenizer
+   file, which ships with the package (assets/olmo/, Apache-2.0).
+4. `train_wordpiece` and `tokens_per_char`: BERT's WordPiece on the same data, to compare.
 
 Our special tokens come first, so their ids are fixed and small: [UNK]=0 [CLS]=1 [SEP]=2
-[PAD]=3 [MASK]=4 (the mini configs use these). The published ModernBERT tokenizer keeps them at
-the end instead (50281-50284); `load_tokenizer` reads whichever tokenizer.json it is given.
+[PAD]=3 [MASK]=4 (the mini configs use these). ModernBERT's tokenizer keeps OLMo's 50,280 ids and
+puts them after OLMo's vocabulary instead ([UNK]=50280 ... [MASK]=50284); `load_tokenizer` reads
+whichever tokenizer.json it is given.
 """
 
 from __future__ import annotations
@@ -157,12 +160,12 @@ def _special_tokens() -> list[AddedToken]:
             for token in SPECIAL_TOKENS]
 
 
-def _encoder_template() -> processors.TemplateProcessing:
+def _encoder_template(cls_id: int = CLS_ID, sep_id: int = SEP_ID) -> processors.TemplateProcessing:
     """[CLS] A [SEP] for one text, [CLS] A [SEP] B [SEP] for a pair (B has type id 1)."""
     return processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
 
 
@@ -287,7 +290,46 @@ def load_tokenizer(source: str | Path) -> Tokenizer:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Token efficiency: BPE versus BERT's WordPiece
+# 3. ModernBERT's own tokenizer, rebuilt from OLMo's
+# ---------------------------------------------------------------------------------------------
+
+OLMO_TOKENIZER_FILE = Path(__file__).parent / "assets" / "olmo" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
+OLMO_VOCAB_SIZE = 50_280  # ids 0 .. 50279 in OLMo's file
+MODERNBERT_UNK_ID = OLMO_VOCAB_SIZE  # [UNK] 50280, [CLS] 50281, [SEP] 50282, [PAD] 50283, [MASK] 50284
+MODERNBERT_VOCAB_SIZE = 50_368  # 787 x 64: ids 50285 .. 50367 are [unused0] .. [unused82]
+
+
+def modernbert_tokenizer(olmo_file: str | Path = OLMO_TOKENIZER_FILE) -> Tokenizer:
+    """ModernBERT's tokenizer, rebuilt offline from OLMo's tokenizer file.
+
+    The paper describes ModernBERT's tokenizer as a modified OLMo tokenizer. The modification, as
+    the published tokenizer.json has it: OLMo's byte-level BPE and its 50,280 ids are kept as they
+    are (its NFC normalizer, pre-tokenizer, decoder, merges and added tokens), then
+    - BERT's special tokens are appended: [UNK] 50280, [CLS] 50281, [SEP] 50282, [PAD] 50283 and
+      [MASK] 50284, which strips the space before it;
+    - [unused0] .. [unused82] fill ids 50285 .. 50367, so the vocabulary is 50,368 = 787 x 64;
+    - the post-processor is BERT's template, [CLS] a [SEP] and [CLS] a [SEP] b [SEP];
+    - batches are padded with [PAD].
+    """
+    tokenizer = load_tokenizer(olmo_file)
+    if tokenizer.get_vocab_size() != OLMO_VOCAB_SIZE:
+        raise ValueError(f"{olmo_file} has {tokenizer.get_vocab_size()} entries, but OLMo's "
+                         f"tokenizer (allenai_gpt-neox-olmo-dolma-v1_5.json) has {OLMO_VOCAB_SIZE}")
+    tokenizer.add_special_tokens(_special_tokens())  # appended: ids 50280 .. 50284
+    unused = MODERNBERT_VOCAB_SIZE - tokenizer.get_vocab_size()
+    tokenizer.add_tokens([AddedToken(UNUSED_TOKEN.format(i), special=False, normalized=True)
+                          for i in range(unused)])  # ids 50285 .. 50367
+    cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+    tokenizer.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=True),
+        _encoder_template(cls_id, sep_id),
+    ])
+    tokenizer.enable_padding(pad_id=pad_id, pad_token="[PAD]")
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Token efficiency: BPE versus BERT's WordPiece
 # ---------------------------------------------------------------------------------------------
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 8192) -> Tokenizer:
