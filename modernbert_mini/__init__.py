@@ -2,6 +2,7 @@
 
 from . import runtime
 from .config import ModernBertConfig
-from .model import ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertModel
+from .model import (ModernBertForMaskedLM, ModernBertForSequenceClassification,
+                    ModernBertForTokenClassification, ModernBertModel)
 
 __version__ = "0.1.0"

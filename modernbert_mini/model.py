@@ -1,94 +1,163 @@
-"""The ModernBERT model: the block, the encoder and its two heads.
+"""The ModernBERT model: the block, the encoder and its heads.
 
-The block (`EncoderLayer`) is chapter 4; putting everything together into ModernBERT-base and
+The block (`EncoderLayer`) is chapter 5; putting everything together into ModernBERT-base and
 -large, with the same parameter names, shapes, initialisation and numbers as the reference
 implementation in `transformers`, is chapter 8.
 
     input_ids (B, S)
+      -> unpad: keep the T real tokens, (T,)                         (chapter 6; skipped if no padding)
       -> Embeddings: token embedding -> LayerNorm -> dropout       (no position embedding)
       -> num_hidden_layers x EncoderLayer (pre-norm; layer 0 has no attn_norm)
            x = x + attn(attn_norm(x))       global, or local with a sliding window
            x = x + mlp(mlp_norm(x))         GeGLU
-      -> final LayerNorm                                             (B, S, H)
+      -> final LayerNorm                                             (T, H)
+      -> pad back                                                    (B, S, H)
     MLM head:       dense -> GELU -> LayerNorm -> decoder (tied to the token embedding, + bias)
     classification: pool (cls or mean) -> the same dense/GELU/LayerNorm -> dropout -> classifier
 
-No LayerNorm or Linear has a bias except the decoder and the classifier.
+No LayerNorm or Linear has a bias except the decoder and the classifiers. A packed batch
+(documents back to back, `cu_seqlens`) runs unpadded as it is and comes back as (T, ...).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from .attention import Attention, make_attention_mask
+from .attention import Attention
 from .config import ModernBertConfig
 from .hub import HubMixin
 from .mlp import GeGLU
+from .padding import Batch, _shape, pad, unpad
 
 IGNORE_INDEX = -100  # the label of a position that has no target
 
 
 # ----------------------------------------------------------------------------- outputs
+class _Output:
+    """Fields by name (out.logits) or, as transformers' outputs, by index over the set ones."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
+
+    def __getitem__(self, index):
+        return self.to_tuple()[index]
+
+    def __iter__(self):
+        return iter(self.to_tuple())
+
+
 @dataclass
-class ModernBertOutput:
-    last_hidden_state: torch.Tensor  # (B, S, H), after the final norm
+class ModernBertOutput(_Output):
+    last_hidden_state: torch.Tensor  # (B, S, H) after the final norm; (T, H) for a packed batch
     # with output_hidden_states=True, as transformers returns them: the embeddings' output, the
     # output of every layer but the last, and last_hidden_state (num_hidden_layers + 1 tensors)
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
-class MaskedLMOutput:
-    logits: torch.Tensor  # (B, S, V); (N, V) for the N labelled positions with sparse_prediction
+class MaskedLMOutput(_Output):
     loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # (B, S, V) or (T, V); (N, V) for the N labelled positions with sparse_prediction
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
-class SequenceClassifierOutput:
-    logits: torch.Tensor  # (B, num_labels)
+class SequenceClassifierOutput(_Output):
     loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # (B, num_labels)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class TokenClassifierOutput(_Output):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # (B, S, num_labels), or (T, num_labels) packed
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 # ----------------------------------------------------------------------------- inputs
-def _shape(x) -> tuple | str:
-    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+def check(condition: torch.Tensor, message) -> None:
+    """A ValueError(message()) where `condition` is False, with no device-to-host sync.
+
+    On the CPU (where reading a value costs nothing) it is checked at once; on a GPU, and while
+    torch.compile traces, it becomes an asynchronous device assert that fails the next sync.
+    """
+    if condition.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(condition):
+            raise ValueError(message())
+    else:
+        torch._assert_async(condition, message())
 
 
 def validate_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                    config: ModernBertConfig) -> None:
+                    config: ModernBertConfig, packed: bool = False) -> None:
     """Raise a ValueError that says what is wrong with a batch, before it reaches the model."""
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be a 2-D tensor (batch, seq_len), got {_shape(input_ids)}")
+    rank, what = (1, "(total_tokens,) with cu_seqlens") if packed else (2, "(batch, seq_len)")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != rank:
+        raise ValueError(f"input_ids must be a {rank}-D tensor {what}, got {_shape(input_ids)}")
     if input_ids.dtype not in (torch.long, torch.int):
         raise ValueError("input_ids must hold integer token ids (int64 or int32), "
                          f"got dtype {input_ids.dtype}")
-    B, S = input_ids.shape
-    if B == 0 or S == 0:
-        raise ValueError(f"empty batch: input_ids has shape {(B, S)}; "
+    if 0 in input_ids.shape:
+        raise ValueError(f"empty batch: input_ids has shape {tuple(input_ids.shape)}; "
                          "need at least one row and one token")
-    if S > config.max_position_embeddings:
+    S = input_ids.shape[-1]
+    if not packed and S > config.max_position_embeddings:
         raise ValueError(f"sequence length {S} is longer than max_position_embeddings="
                          f"{config.max_position_embeddings}")
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= config.vocab_size:
-        raise ValueError(f"token id {low if low < 0 else high} is outside the vocab: ids must be "
-                         f"in [0, {config.vocab_size}) (vocab_size={config.vocab_size})")
+
+    def outside():
+        low, high = int(input_ids.min()), int(input_ids.max())
+        return (f"token id {low if low < 0 else high} is outside the vocab: ids must be "
+                f"in [0, {config.vocab_size}) (vocab_size={config.vocab_size})")
+
+    check(((input_ids >= 0) & (input_ids < config.vocab_size)).all(),
+          outside if input_ids.device.type == "cpu" else
+          lambda: f"token ids must be in [0, {config.vocab_size}) (vocab_size={config.vocab_size})")
     if attention_mask is None:
         return
-    if _shape(attention_mask) != (B, S):
+    if packed:
+        raise ValueError("a packed batch (cu_seqlens) has no padding: pass attention_mask=None")
+    if _shape(attention_mask) != tuple(input_ids.shape):
         raise ValueError(f"attention_mask has shape {_shape(attention_mask)}, but input_ids has "
-                         f"{(B, S)}: they must be equal")
+                         f"{tuple(input_ids.shape)}: they must be equal")
     if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
         raise ValueError(f"attention_mask must be bool or integer 0/1, got dtype {attention_mask.dtype}")
-    if not ((attention_mask == 0) | (attention_mask == 1)).all():
-        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    check(((attention_mask == 0) | (attention_mask == 1)).all(),
+          lambda: "attention_mask must hold only 0 (padding) and 1 (token)")
+
+
+def layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+           cu_seqlens: torch.Tensor | None, max_seqlen: int | None,
+           config: ModernBertConfig) -> Batch:
+    """How this batch runs: padded when nothing is padded, else unpadded (chapter 6).
+
+    While torch.compile traces, a padded batch keeps its mask (unpadding has data-dependent
+    shapes); everywhere else, padding is never computed.
+    """
+    if cu_seqlens is not None:
+        batch = Batch.packed(cu_seqlens, max_seqlen)
+        if batch.indices.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"cu_seqlens covers {batch.indices.shape[0]} tokens, but input_ids "
+                             f"has {input_ids.shape[0]}: cu_seqlens[-1] must equal len(input_ids)")
+        if batch.max_seqlen > config.max_position_embeddings:
+            raise ValueError(f"a packed document has {batch.max_seqlen} tokens, more than "
+                             f"max_position_embeddings={config.max_position_embeddings}")
+        return batch
+    S = input_ids.shape[1]
+    if attention_mask is None:
+        return Batch.padded(S, device=input_ids.device)
+    if torch.compiler.is_compiling():
+        return Batch.padded(S, attention_mask.bool())
+    if bool(attention_mask.bool().all()):
+        return Batch.padded(S, device=input_ids.device)
+    return Batch.unpad(attention_mask)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -102,7 +171,7 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=False)
         self.drop = nn.Dropout(config.embedding_dropout)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, H)
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, S, H), (T,) -> (T, H)
         return self.drop(self.norm(self.tok_embeddings(input_ids)))
 
 
@@ -125,9 +194,8 @@ class EncoderLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=False)
         self.mlp = GeGLU(config.hidden_size, config.intermediate_size, config.mlp_dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
-                positions: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), mask, positions)  # (B, S, H)
+    def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:  # (B, S, H) or (T, H)
+        x = x + self.attn(self.attn_norm(x), batch)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -185,28 +253,78 @@ class ModernBertModel(HubMixin, nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=False)
+        self.gradient_checkpointing = False  # recompute each layer in backward to save memory
         init_weights(self, config)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> ModernBertOutput:
-        validate_inputs(input_ids, attention_mask, self.config)
-        S = input_ids.shape[1]
-        positions = torch.arange(S, device=input_ids.device)  # (S,)
-        padding_mask = None if attention_mask is None else attention_mask.bool()  # (B, S)
-        # one mask per kind of layer: None (global) and the local window
-        windows = {layer.attn.window for layer in self.layers}
-        masks = {w: make_attention_mask(padding_mask, S, w, input_ids.device) for w in windows}
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
+               position_ids: torch.Tensor | None = None, output_hidden_states: bool = False):
+        """The encoder in the batch's own layout: (x, batch, hidden_states).
 
-        x = self.embeddings(input_ids)  # (B, S, H)
+        x is (B, S, H) for a batch without padding and (T, H) for an unpadded one; the heads
+        work on it before anything is padded back.
+        """
+        packed = cu_seqlens is not None
+        validate_inputs(input_ids, attention_mask, self.config, packed)
+        batch = layout(input_ids, attention_mask, cu_seqlens, max_seqlen, self.config)
+        unpadded = batch.is_unpadded and not packed
+        if position_ids is not None:
+            if _shape(position_ids) != tuple(input_ids.shape):
+                raise ValueError(f"position_ids has shape {_shape(position_ids)}, but input_ids "
+                                 f"has {tuple(input_ids.shape)}: they must be equal")
+            batch.positions = unpad(position_ids, batch) if unpadded else position_ids
+        x = self.embeddings(unpad(input_ids, batch) if unpadded else input_ids)  # (B, S, H) or (T, H)
         hidden_states = [x]
         for layer in self.layers:
-            x = layer(x, masks[layer.attn.window], positions)
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, batch, use_reentrant=False)
+            else:
+                x = layer(x, batch)
             if output_hidden_states:
                 hidden_states.append(x)
         x = self.final_norm(x)
-        if output_hidden_states:  # as transformers: the last entry is the final, normalised output
-            return ModernBertOutput(last_hidden_state=x, hidden_states=(*hidden_states[:-1], x))
-        return ModernBertOutput(last_hidden_state=x)
+        # as transformers: the embeddings, every layer but the last, and the final output
+        hidden_states = (*hidden_states[:-1], x) if output_hidden_states else None
+        return x, batch, hidden_states
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
+                position_ids: torch.Tensor | None = None, output_hidden_states: bool = False,
+                return_dict: bool = True) -> ModernBertOutput | tuple:
+        x, batch, hidden_states = self.encode(input_ids, attention_mask, cu_seqlens, max_seqlen,
+                                              position_ids, output_hidden_states)
+        out = ModernBertOutput(last_hidden_state=repad(x, batch, cu_seqlens),
+                               hidden_states=repad_all(hidden_states, batch, cu_seqlens))
+        return out if return_dict else out.to_tuple()
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing = False
+
+
+def repad(x: torch.Tensor, batch: Batch, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+    """(T, ...) -> (B, S, ...) for a batch the model unpadded itself; a packed batch stays flat."""
+    return pad(x, batch) if batch.is_unpadded and cu_seqlens is None else x
+
+
+def repad_all(states, batch: Batch, cu_seqlens: torch.Tensor | None):
+    return None if states is None else tuple(repad(h, batch, cu_seqlens) for h in states)
+
+
+def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor) -> None:
+    if labels is not None and _shape(labels) != tuple(input_ids.shape):
+        raise ValueError(f"labels has shape {_shape(labels)}, but input_ids has "
+                         f"{tuple(input_ids.shape)}: they must be equal")
+
+
+def align_labels(labels: torch.Tensor | None, batch: Batch,
+                 cu_seqlens: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-token labels in the layout the encoder ran in: (B, S) or, unpadded, (T,)."""
+    if labels is None or not batch.is_unpadded or cu_seqlens is not None:
+        return labels
+    return unpad(labels, batch)
 
 
 class ModernBertForMaskedLM(HubMixin, nn.Module):
@@ -227,33 +345,50 @@ class ModernBertForMaskedLM(HubMixin, nn.Module):
         nn.init.zeros_(self.decoder.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> MaskedLMOutput:
-        if labels is not None and labels.shape != input_ids.shape:
-            raise ValueError(f"labels has shape {tuple(labels.shape)}, but input_ids has "
-                             f"{tuple(input_ids.shape)}: they must be equal")
-        out = self.model(input_ids, attention_mask, output_hidden_states)
-        x = out.last_hidden_state  # (B, S, H)
-        if self.config.sparse_prediction and labels is not None:
-            # only the positions that have a target go through the head: (N, H), (N,)
+                labels: torch.Tensor | None = None, *, cu_seqlens: torch.Tensor | None = None,
+                max_seqlen: int | None = None, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False, return_dict: bool = True) -> MaskedLMOutput | tuple:
+        check_labels(labels, input_ids)  # before any work
+        x, batch, hidden_states = self.model.encode(input_ids, attention_mask, cu_seqlens,
+                                                    max_seqlen, position_ids, output_hidden_states)
+        labels = align_labels(labels, batch, cu_seqlens)  # (B, S) or (T,)
+        sparse = self.config.sparse_prediction and labels is not None
+        if sparse:  # only the positions that have a target go through the head: (N, H), (N,)
             labelled = labels != IGNORE_INDEX
             x, labels = x[labelled], labels[labelled]
-        logits = self.decoder(self.head(x))  # (B, S, V) or (N, V)
+        logits = self.decoder(self.head(x))  # (B, S, V), (T, V) or (N, V)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1),
                                    ignore_index=IGNORE_INDEX)
-        return MaskedLMOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
+        out = MaskedLMOutput(loss=loss, logits=logits if sparse else repad(logits, batch, cu_seqlens),
+                             hidden_states=repad_all(hidden_states, batch, cu_seqlens))
+        return out if return_dict else out.to_tuple()
 
 
-class ModernBertForSequenceClassification(HubMixin, nn.Module):
-    """The encoder, pooled to one vector per sequence, plus a classifier.
+def pool(x: torch.Tensor, batch: Batch, how: str) -> torch.Tensor:
+    """(B, S, H) or (T, H) -> (N, H): each sequence's first real token ("cls") or mean ("mean").
 
-    num_labels == 1 is regression (MSE loss); with more labels, integer labels give cross
-    entropy and float (B, num_labels) labels give a multi-label BCE loss, as in transformers.
+    The first *real* token: a left-padded row's [CLS] is not at position 0.
     """
+    if batch.is_unpadded:
+        if how == "cls":
+            return x[batch.cu_seqlens[:-1].long()]
+        rows = batch.indices // batch.shape[1]  # (T,) the sequence of each token
+        lengths = batch.cu_seqlens.diff().to(x.dtype)[:, None]  # (N, 1)
+        return x.new_zeros(len(lengths), x.shape[-1]).index_add_(0, rows, x) / lengths
+    if batch.padding_mask is None:
+        return x[:, 0] if how == "cls" else x.mean(dim=1)
+    mask = batch.padding_mask  # (B, S), a padded batch keeps it only while torch.compile traces
+    if how == "cls":
+        return x[torch.arange(len(x), device=x.device), mask.int().argmax(dim=1)]
+    weights = mask.to(x.dtype).unsqueeze(-1)  # (B, S, 1)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1)
 
-    hf_architecture = "ModernBertForSequenceClassification"
+
+class _Classifier(HubMixin, nn.Module):
+    """The encoder, the dense/GELU/LayerNorm head, dropout and a classifier over num_labels."""
+
     encoder_prefix = "model."
 
     def __init__(self, config: ModernBertConfig, num_labels: int = 2):
@@ -271,23 +406,8 @@ class ModernBertForSequenceClassification(HubMixin, nn.Module):
                       cutoff=config.initializer_cutoff_factor)
         nn.init.zeros_(self.classifier.bias)
 
-    def pool(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, S, H) -> (B, H): the first ([CLS]) token, or the mean over real tokens."""
-        if self.config.classifier_pooling == "cls":
-            return x[:, 0]
-        if attention_mask is None:
-            return x.mean(dim=1)
-        weights = attention_mask.to(x.dtype).unsqueeze(-1)  # (B, S, 1)
-        return (x * weights).sum(dim=1) / weights.sum(dim=1)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> SequenceClassifierOutput:
-        out = self.model(input_ids, attention_mask, output_hidden_states)
-        pooled = self.pool(out.last_hidden_state, attention_mask)  # (B, H)
-        logits = self.classifier(self.drop(self.head(pooled)))  # (B, num_labels)
-        loss = None if labels is None else classification_loss(logits, labels)
-        return SequenceClassifierOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
+    def classify(self, x: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., num_labels)
+        return self.classifier(self.drop(self.head(x)))
 
     def hf_config_extras(self) -> dict:
         labels = {i: f"LABEL_{i}" for i in range(self.num_labels)}
@@ -299,6 +419,54 @@ class ModernBertForSequenceClassification(HubMixin, nn.Module):
         if "id2label" in hf:
             return {"num_labels": len(hf["id2label"])}
         return {"num_labels": hf["num_labels"]} if "num_labels" in hf else {}
+
+
+class ModernBertForSequenceClassification(_Classifier):
+    """The encoder, pooled to one vector per sequence, plus a classifier.
+
+    num_labels == 1 is regression (MSE loss); with more labels, integer labels give cross
+    entropy and float (B, num_labels) labels give a multi-label BCE loss, as in transformers.
+    """
+
+    hf_architecture = "ModernBertForSequenceClassification"
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, *, cu_seqlens: torch.Tensor | None = None,
+                max_seqlen: int | None = None, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False,
+                return_dict: bool = True) -> SequenceClassifierOutput | tuple:
+        x, batch, hidden_states = self.model.encode(input_ids, attention_mask, cu_seqlens,
+                                                    max_seqlen, position_ids, output_hidden_states)
+        logits = self.classify(pool(x, batch, self.config.classifier_pooling))  # (N, num_labels)
+        loss = None if labels is None else classification_loss(logits, labels)
+        out = SequenceClassifierOutput(loss=loss, logits=logits,
+                                       hidden_states=repad_all(hidden_states, batch, cu_seqlens))
+        return out if return_dict else out.to_tuple()
+
+
+class ModernBertForTokenClassification(_Classifier):
+    """The encoder plus a classifier at every token (named entities, tags): cross entropy,
+    -100 where a token has no label."""
+
+    hf_architecture = "ModernBertForTokenClassification"
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, *, cu_seqlens: torch.Tensor | None = None,
+                max_seqlen: int | None = None, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False,
+                return_dict: bool = True) -> TokenClassifierOutput | tuple:
+        check_labels(labels, input_ids)  # before any work
+        x, batch, hidden_states = self.model.encode(input_ids, attention_mask, cu_seqlens,
+                                                    max_seqlen, position_ids, output_hidden_states)
+        logits = self.classify(x)  # (B, S, num_labels) or (T, num_labels)
+        labels = align_labels(labels, batch, cu_seqlens)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().view(-1, self.num_labels), labels.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        out = TokenClassifierOutput(loss=loss, logits=repad(logits, batch, cu_seqlens),
+                                    hidden_states=repad_all(hidden_states, batch, cu_seqlens))
+        return out if return_dict else out.to_tuple()
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

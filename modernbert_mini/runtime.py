@@ -46,13 +46,10 @@ class Runtime:
 
     @property
     def attention_backends(self) -> tuple[str, ...]:
-        """Names of the attention paths this machine can run, slowest (most readable) first."""
-        names = ["eager", "sdpa"]
-        if self.triton:
-            names.append("triton")
-        if self.flash_attn:
-            names.append("flash_attn")
-        return tuple(names)
+        """Names of the attention backends that run here (backends.py), most readable first."""
+        from .backends import available  # backends asks runtime about flash-attn: import late
+
+        return available(self.device, self.dtype)
 
     def summary(self) -> str:
         """One line: what runs here."""

@@ -12,8 +12,7 @@ import transformers as tf
 from transformers.masking_utils import sliding_window_bidirectional_overlay
 from transformers.models.modernbert import modeling_modernbert as ref_modeling
 
-from modernbert_mini.attention import (eager_attention, get_attention_backend, make_attention_mask,
-                                       sdpa_attention, sliding_window_mask)
+from modernbert_mini.attention import eager_attention, make_attention_mask, sdpa_attention, sliding_window_mask
 from modernbert_mini.config import ModernBertConfig
 from modernbert_mini.hub import load_hf_state_dict
 from modernbert_mini.mlp import GeGLU
@@ -178,10 +177,3 @@ def test_eager_and_sdpa_agree_and_stay_finite():
     assert torch.isfinite(eager).all() and torch.isfinite(sdpa).all()
     real = padding[:, None, :, None].expand_as(eager)
     assert max_abs_diff(eager, sdpa, real) < TOL
-
-
-def test_attention_backend_choice():
-    assert get_attention_backend("auto") is sdpa_attention
-    assert get_attention_backend("eager") is eager_attention
-    with pytest.raises(ValueError, match="'flash'.*unknown"):
-        get_attention_backend("flash")

@@ -1,0 +1,312 @@
+"""How attention scores are computed: every backend, and the choice between them. Chapters 4-7.
+
+Every backend computes the same thing, softmax(q k^T / sqrt(d)) v over the keys a query may see:
+keys of its own sequence (never padding, never another packed document) and, in a local layer,
+only keys at distance <= window // 2. They differ in how much work and memory that takes:
+
+| name       | layout   | how                                                        | chapter |
+|------------|----------|------------------------------------------------------------|---------|
+| eager      | padded   | the formula written out, with a dense (S, S) mask           | 4       |
+| sdpa       | padded   | PyTorch's fused kernel, the same dense mask                 | 4       |
+| local      | padded   | blocks of queries against their neighbouring keys: O(S x w) | 4       |
+| varlen     | unpadded | one sequence at a time (sdpa, or local in local layers)     | 6       |
+| tiled      | unpadded | online-softmax FlashAttention in plain PyTorch              | 7       |
+| triton     | unpadded | a Triton FlashAttention kernel, forward and backward        | 7       |
+| flash_attn | unpadded | the flash-attn package (CUDA, capability >= 8.0)            | 7       |
+
+Each backend declares what it supports (layouts, devices, dtypes, global/local layers, dropout).
+`attend` picks one at forward time for the device, dtype and input ("auto"), or runs the one
+named; a backend handed the other layout gets the batch converted (unpadded <-> padded), so any
+backend runs on any input. Dense masks are built only by the backends that need them, once per
+forward and window (cached on the Batch).
+
+q, k, v arrive as (B, S, nh, hd) for a padded batch and (T, nh, hd) for an unpadded one, already
+rotated by RoPE; the output has the same shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import runtime
+from .config import ATTENTION_BACKENDS
+from .padding import Batch, pad, unpad
+
+
+# ----------------------------------------------------------------------------- masks
+def sliding_window_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
+    """Which keys each query may see in a local layer: |query - key| <= window // 2.
+
+    window is the total width (ModernBERT: 128, so 64 tokens each side, and the token itself).
+    Returns a boolean (S, S) tensor, True where attention is allowed.
+    """
+    positions = torch.arange(seq_len, device=device)
+    distance = (positions[:, None] - positions[None, :]).abs()  # (S, S)
+    return distance <= window // 2
+
+
+def make_attention_mask(padding_mask: torch.Tensor | None, seq_len: int, window: int | None,
+                        device=None) -> torch.Tensor | None:
+    """The boolean mask one layer attends with: True where a query may look at a key.
+
+    padding_mask: (B, S) bool, True at real tokens, or None when nothing is padded.
+    window: the local window (total tokens), or None for a global layer.
+    Returns (B or 1, 1, S, S) bool, broadcast over heads, or None if everything is allowed.
+    """
+    allowed = None
+    if window is not None:
+        allowed = sliding_window_mask(seq_len, window, device)[None, None]  # (1, 1, S, S)
+    if padding_mask is not None:
+        keys = padding_mask[:, None, None, :]  # (B, 1, 1, S): pad tokens are never keys
+        allowed = keys if allowed is None else allowed & keys  # (B, 1, S, S)
+    return allowed
+
+
+# ----------------------------------------------------------------------------- the formula
+def eager_attention(q, k, v, mask=None, dropout_p=0.0):
+    """softmax(Q K^T / sqrt(d) + mask) V, step by step.
+
+    q, k, v: (B, nh, S, hd); mask: bool, broadcastable to (B, nh, S, S), or None.
+    The softmax runs in float32 (float64 for float64 inputs). A query that may see no key at
+    all (a pad token far from any real one) gets an average of the values, never a NaN.
+    """
+    softmax_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scores = (q @ k.transpose(-2, -1)).to(softmax_dtype) * q.shape[-1] ** -0.5  # (B, nh, S, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(softmax_dtype).min)
+    weights = F.softmax(scores, dim=-1).to(q.dtype)  # rows sum to 1
+    weights = F.dropout(weights, p=dropout_p)
+    return weights @ v  # (B, nh, S, hd)
+
+
+def sdpa_attention(q, k, v, mask=None, dropout_p=0.0):
+    """The same as eager_attention, in PyTorch's fused kernel (no S x S matrix on flash paths)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                          scale=q.shape[-1] ** -0.5)
+
+
+def blocked_local_attention(q, k, v, window: int, key_mask: torch.Tensor | None = None,
+                            dropout_p: float = 0.0) -> torch.Tensor:
+    """Sliding-window attention that costs O(S x window), not O(S^2).
+
+    Cut the S queries into blocks of b = window // 2. A query in block i can only see keys in
+    blocks i - 1, i and i + 1 (at most b positions away on either side), so each block attends
+    to those 3b keys, masked to |query - key| <= window // 2: 1.5 x window keys per query
+    instead of S.
+
+    q, k, v: (B, nh, S, hd); key_mask: `local_key_mask(...)`, or None to build it (no padding).
+    """
+    B, nh, S, hd = q.shape
+    b = max(window // 2, 1)
+    nb = math.ceil(S / b)
+    if key_mask is None:
+        key_mask = local_key_mask(None, S, window, q.device)
+    q = F.pad(q, (0, 0, 0, nb * b - S)).unflatten(2, (nb, b))  # (B, nh, nb, b, hd)
+    out = F.scaled_dot_product_attention(q, _neighbours(k, b, nb), _neighbours(v, b, nb),
+                                         attn_mask=key_mask, dropout_p=dropout_p, scale=hd ** -0.5)
+    return out.flatten(2, 3)[:, :, :S]  # (B, nh, S, hd)
+
+
+def _neighbours(x: torch.Tensor, b: int, nb: int, fill: float = 0.0) -> torch.Tensor:
+    """(..., S, d) -> (..., nb, 3b, d): for each block of b positions, blocks i - 1, i, i + 1."""
+    x = F.pad(x, (0, 0, b, nb * b - x.shape[-2] + b), value=fill)  # a block before and after
+    blocks = x.unflatten(-2, (nb + 2, b))  # (..., nb + 2, b, d)
+    return torch.cat([blocks[..., :-2, :, :], blocks[..., 1:-1, :, :], blocks[..., 2:, :, :]], dim=-2)
+
+
+def local_key_mask(padding_mask: torch.Tensor | None, seq_len: int, window: int,
+                   device=None) -> torch.Tensor:
+    """Which of its 3b neighbouring keys each query of `blocked_local_attention` may see.
+
+    True when the key is in the sequence, within window // 2 and not padding; a query always
+    sees itself, so no row is empty. Returns (B or 1, 1, nb, b, 3b) bool.
+    """
+    b = max(window // 2, 1)
+    nb = math.ceil(seq_len / b)
+    query = torch.arange(nb * b, device=device).view(nb, b, 1)  # (nb, b, 1) positions
+    key = _neighbours(torch.arange(seq_len, device=device)[:, None], b, nb, fill=-1)
+    key = key[..., 0][:, None, :]  # (nb, 1, 3b) positions, -1 outside the sequence
+    allowed = (key >= 0) & ((query - key).abs() <= window // 2)  # (nb, b, 3b)
+    if padding_mask is not None:  # (B, S) -> (B, nb, 1, 3b): pad tokens are never keys
+        real = _neighbours(padding_mask[..., None].float(), b, nb)[..., 0] > 0  # (B, nb, 3b)
+        allowed = allowed & real[:, :, None, :]  # (B, nb, b, 3b)
+    allowed = allowed | (query == key)  # every query sees itself
+    return allowed[:, None] if padding_mask is not None else allowed[None, None]
+
+
+# ----------------------------------------------------------------------------- the backends
+def _heads_first(x):  # (B, S, nh, hd) -> (B, nh, S, hd), a view
+    return x.transpose(1, 2)
+
+
+def _dense_mask(batch: Batch, window: int | None, device) -> torch.Tensor | None:
+    """The dense mask of this batch and window, built once per forward."""
+    def build():
+        mask = make_attention_mask(batch.padding_mask, batch.seq_len, window, device)
+        if mask is not None and window is not None:  # every query sees itself: no empty row
+            mask = mask | torch.eye(batch.seq_len, dtype=torch.bool, device=device)
+        return mask
+    return batch.cached(("dense_mask", window, batch.seq_len), build)
+
+
+def _eager(q, k, v, batch, window, dropout_p):
+    mask = _dense_mask(batch, window, q.device)
+    return eager_attention(*map(_heads_first, (q, k, v)), mask, dropout_p).transpose(1, 2)
+
+
+def _sdpa(q, k, v, batch, window, dropout_p):
+    mask = _dense_mask(batch, window, q.device)
+    return sdpa_attention(*map(_heads_first, (q, k, v)), mask, dropout_p).transpose(1, 2)
+
+
+def _local(q, k, v, batch, window, dropout_p):
+    key_mask = batch.cached(("local_mask", window, batch.seq_len), lambda: local_key_mask(
+        batch.padding_mask, batch.seq_len, window, q.device))
+    out = blocked_local_attention(*map(_heads_first, (q, k, v)), window, key_mask, dropout_p)
+    return out.transpose(1, 2)
+
+
+def _varlen(q, k, v, batch, window, dropout_p):
+    """One sequence at a time: no work on padding, and no sequence sees another."""
+    outputs, start = [], 0
+    for length in batch.seqlens:
+        one = [x[start:start + length, None].transpose(0, 1) for x in (q, k, v)]  # (1, L, nh, hd)
+        sequence = Batch.padded(length, device=q.device)
+        sequence.cache = batch.cache  # masks are shared between sequences of one length
+        fits = window is None or length - 1 <= window // 2  # the window covers the whole sequence
+        outputs.append((_sdpa if fits else _local)(*one, sequence, None if fits else window,
+                                                   dropout_p)[0])
+        start += length
+    return torch.cat(outputs)  # (T, nh, hd)
+
+
+def _tiled(q, k, v, batch, window, dropout_p):
+    from .flash import tiled_attention
+    return tiled_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, window)
+
+
+def _triton(q, k, v, batch, window, dropout_p):
+    from .flash import triton_attention
+    return triton_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, window)
+
+
+def _flash_attn(q, k, v, batch, window, dropout_p):
+    from flash_attn import flash_attn_varlen_func
+    half = (-1, -1) if window is None else (window // 2, window // 2)
+    cu, longest = batch.cu_seqlens, batch.max_seqlen
+    return flash_attn_varlen_func(q, k, v, cu, cu, longest, longest, dropout_p=dropout_p,
+                                  softmax_scale=q.shape[-1] ** -0.5, causal=False, window_size=half)
+
+
+@functools.cache
+def _flash_attn_here() -> bool:
+    return runtime.detect().flash_attn
+
+
+def _triton_here(device: str) -> bool:
+    from .flash import triton_supported
+    return triton_supported(torch.device(device))
+
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+HALVES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to attend, and what it supports."""
+
+    name: str
+    run: Callable  # (q, k, v, batch, window, dropout_p) -> output, in `layout`
+    layout: str  # "padded" or "unpadded"
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...] = FLOATS
+    layers: tuple[str, ...] = ("global", "local")
+    dropout: bool = False
+    usable: Callable[[str], bool] = lambda device: True  # installed and runnable on this device
+
+    def supports(self, device: str, dtype: torch.dtype, window: int | None, dropout_p: float) -> str | None:
+        """None if this backend can run the call, else the reason it cannot."""
+        layer = "global" if window is None else "local"
+        if device not in self.devices or not self.usable(device):
+            return f"it does not run on {device} here"
+        if dtype not in self.dtypes:
+            return f"it does not take {dtype}"
+        if layer not in self.layers:
+            return f"it has no {layer} layers"
+        if dropout_p > 0 and not self.dropout:
+            return "it has no attention dropout"
+        return None
+
+
+BACKENDS = {b.name: b for b in (
+    Backend("eager", _eager, "padded", ("cpu", "cuda", "mps"), dropout=True),
+    Backend("sdpa", _sdpa, "padded", ("cpu", "cuda", "mps"), dropout=True),
+    Backend("local", _local, "padded", ("cpu", "cuda", "mps"), layers=("local",), dropout=True),
+    Backend("varlen", _varlen, "unpadded", ("cpu", "cuda", "mps"), dropout=True),
+    Backend("tiled", _tiled, "unpadded", ("cpu", "cuda", "mps")),
+    Backend("triton", _triton, "unpadded", ("cpu", "cuda"), dtypes=(torch.float32, *HALVES),
+            usable=_triton_here),
+    Backend("flash_attn", _flash_attn, "unpadded", ("cuda",), dtypes=HALVES, dropout=True,
+            usable=lambda device: _flash_attn_here()),
+)}
+assert ("auto", *BACKENDS) == ATTENTION_BACKENDS, "config.ATTENTION_BACKENDS lists these names"
+
+# What "auto" tries, fastest first, per device and layout: the first that supports the call wins.
+AUTO = {
+    ("cuda", "unpadded"): ("flash_attn", "triton", "varlen"),
+    ("cuda", "padded"): ("flash_attn", "local", "sdpa"),
+}
+AUTO_DEFAULT = {"unpadded": ("varlen",), "padded": ("local", "sdpa")}
+
+
+def check_backend_name(name: str) -> str:
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend {name!r} is unknown: use one of {list(ATTENTION_BACKENDS)}")
+    return name
+
+
+def choose(name: str, batch: Batch, q: torch.Tensor, window: int | None,
+           dropout_p: float = 0.0) -> Backend:
+    """The backend that runs this call: the one named, or for "auto" the fastest that can."""
+    device = q.device.type
+    if name != "auto":
+        backend = BACKENDS[check_backend_name(name)]
+        why_not = backend.supports(device, q.dtype, window, dropout_p)
+        if why_not:
+            raise ValueError(f"attention backend {name!r} cannot run this layer: {why_not}")
+        return backend
+    layout = "unpadded" if batch.is_unpadded else "padded"
+    for candidate in AUTO.get((device, layout), AUTO_DEFAULT[layout]):
+        if BACKENDS[candidate].supports(device, q.dtype, window, dropout_p) is None:
+            return BACKENDS[candidate]
+    return BACKENDS["eager"]  # runs everywhere
+
+
+def available(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[str, ...]:
+    """The backends that can run a global layer on this device and dtype here."""
+    device = torch.device(device).type
+    return tuple(name for name, b in BACKENDS.items()
+                 if b.supports(device, dtype, 128, 0.0) is None or
+                 b.supports(device, dtype, None, 0.0) is None)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Batch,
+           window: int | None = None, dropout_p: float = 0.0, backend: str = "auto") -> torch.Tensor:
+    """Attention of rotated q, k, v: (B, S, nh, hd) padded or (T, nh, hd) unpadded, same out."""
+    chosen = choose(backend, batch, q, window, dropout_p)
+    if (chosen.layout == "unpadded") == batch.is_unpadded:
+        return chosen.run(q, k, v, batch, window, dropout_p)
+    if batch.is_unpadded:  # a padded-only backend: into the padded grid and back
+        grid = batch.as_padded()
+        out = chosen.run(*(pad(x, batch) for x in (q, k, v)), grid, window, dropout_p)
+        return unpad(out, batch)
+    flat = batch.as_unpadded(q.shape[0])  # an unpadded-only backend
+    out = chosen.run(*(unpad(x, flat) for x in (q, k, v)), flat, window, dropout_p)
+    return pad(out, flat)
