@@ -184,4 +184,3 @@ def batch_size_schedule(tokens_seen: int, *, start: int, end: int, warmup_tokens
         return end
     size = start + (end - start) * tokens_seen / warmup_tokens
     return max(start, int(size) // multiple * multiple)
-

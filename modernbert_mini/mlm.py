@@ -1,0 +1,262 @@
+"""Masked language modelling: ModernBERT's pretraining task and its batches. Chapter 10 teaches it.
+
+ModernBERT is pretrained on masked language modelling alone (no next-sentence prediction), with
+a masking rate of 30% instead of BERT's 15%. Of the chosen tokens, 80% become [MASK], 10% a
+random token and 10% stay as they are (so the model cannot learn that only [MASK] needs a
+prediction); special tokens are never chosen. The loss is cross entropy at the chosen tokens
+only, and with sparse prediction only those tokens go through the MLM head at all.
+
+The batches are packed, not padded. Each document is tokenized as the tokenizer's template
+makes it, [CLS] text [SEP]; a document longer than the model's sequence length is cut into
+nearly equal chunks, each its own [CLS] ... [SEP] sequence (nothing is dropped). A batch is then
+filled with whole sequences, one after the other, up to a token budget, and stays unpadded:
+
+    input_ids   (T,)     the T tokens of N sequences, back to back
+    cu_seqlens  (N + 1,) int32 offsets: sequence i is input_ids[cu_seqlens[i]:cu_seqlens[i + 1]]
+    max_seqlen           the longest of the N
+
+The model's unpadded path attends within each sequence only, so packed sequences never see each
+other and no compute goes to pad tokens. (ModernBERT packs documents into rows of 1,024 tokens
+and unpads them; without rows, the same thing is a flat budget of rows x 1,024 tokens.)
+
+- `mask_tokens`: the 30% / 80-10-10 masking of any tensor of ids;
+- `Sequences`, `tokenize_documents`: the tokenized corpus, one flat tensor and its offsets;
+- `PackedBatch`, `PackedLoader`: packed batches up to a token budget, shuffled per epoch, with a
+  `state_dict` (epoch and position) so a run resumes exactly where it stopped;
+- `pad_fraction`: how much of a padded batch would be padding, for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer
+
+from .model import IGNORE_INDEX
+
+MASK_RATE = 0.3  # ModernBERT's; BERT used 0.15
+MASK_SPLIT = (0.8, 0.1, 0.1)  # of the chosen tokens: [MASK], a random token, unchanged
+
+
+# ----------------------------------------------------------------------------- masking
+def mask_tokens(input_ids: torch.Tensor, *, mask_id: int, vocab_size: int,
+                special_ids: Iterable[int], rate: float = MASK_RATE,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose `rate` of the non-special tokens as targets; 80% -> [MASK], 10% random, 10% kept.
+
+    input_ids: integer tensor of any shape, e.g. (T,) packed or (B, S) padded.
+    Returns (inputs, labels), both shaped like input_ids: inputs with the replacements, labels
+    the original id at chosen tokens and IGNORE_INDEX (-100) everywhere else. Each token is
+    chosen independently with probability `rate`; random replacements are drawn from the
+    non-special ids. The same generator state gives the same result.
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point \
+            or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be an integer tensor, got "
+                         f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}")
+    if not (isinstance(rate, (int, float)) and 0 < rate <= 1):
+        raise ValueError(f"rate={rate!r} is invalid: must be in (0, 1]")
+    if not (isinstance(vocab_size, int) and vocab_size > 0):
+        raise ValueError(f"vocab_size={vocab_size!r} is invalid: must be a positive integer")
+    if not (isinstance(mask_id, int) and 0 <= mask_id < vocab_size):
+        raise ValueError(f"mask_id={mask_id!r} is invalid: must be an id in [0, {vocab_size})")
+    special = torch.tensor(sorted(set(special_ids)), dtype=torch.long)
+    if special.numel() and (special.min() < 0 or special.max() >= vocab_size):
+        raise ValueError(f"special_ids={special.tolist()} must be ids in [0, {vocab_size})")
+    device = input_ids.device
+    is_special = torch.isin(input_ids, special.to(device, input_ids.dtype))
+    ordinary = torch.ones(vocab_size, dtype=torch.bool)
+    ordinary[special] = False
+    ordinary_ids = ordinary.nonzero().squeeze(1).to(device)  # the ids a random token may take
+
+    def uniform():  # drawn on the CPU, so a CPU generator gives the same numbers on every device
+        return torch.rand(input_ids.shape, generator=generator).to(device)
+
+    chosen = (uniform() < rate) & ~is_special
+    how = uniform()  # below 0.8: [MASK]; 0.8 to 0.9: random; above: unchanged
+    random_ids = ordinary_ids[torch.randint(len(ordinary_ids), input_ids.shape,
+                                            generator=generator).to(device)]
+    to_mask = chosen & (how < MASK_SPLIT[0])
+    to_random = chosen & (how >= MASK_SPLIT[0]) & (how < MASK_SPLIT[0] + MASK_SPLIT[1])
+    inputs = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
+    inputs = torch.where(to_random, random_ids.to(input_ids.dtype), inputs)
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    return inputs, labels
+
+
+# ----------------------------------------------------------------------------- the corpus
+@dataclass
+class Sequences:
+    """Tokenized sequences, stored as one flat tensor: sequence i is tokens[offsets[i]:offsets[i+1]]."""
+
+    tokens: torch.Tensor  # (total,) int32
+    offsets: torch.Tensor  # (n + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.offsets.diff().tolist()
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+
+def _split_evenly(ids: list[int], room: int) -> list[list[int]]:
+    """Cut ids into the fewest nearly equal pieces of at most `room` each."""
+    pieces = max(1, math.ceil(len(ids) / room))
+    size, extra = divmod(len(ids), pieces)  # the first `extra` pieces get one more
+    out, start = [], 0
+    for i in range(pieces):
+        stop = start + size + (i < extra)
+        out.append(ids[start:stop])
+        start = stop
+    return out
+
+
+def tokenize_documents(texts: Sequence[str], tokenizer: Tokenizer, max_len: int) -> Sequences:
+    """Tokenize documents into [CLS] ... [SEP] sequences of at most `max_len` tokens.
+
+    A document whose tokens do not fit is cut into nearly equal chunks, each wrapped in
+    [CLS] ... [SEP] of its own; every token of every (non-empty) document ends up in exactly one
+    sequence.
+    """
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise ValueError("the tokenizer has no [CLS] or [SEP] token")
+    if not (isinstance(max_len, int) and max_len >= 3):
+        raise ValueError(f"max_len={max_len!r} is invalid: must be an integer >= 3 "
+                         "([CLS], at least one token, [SEP])")
+    plain = Tokenizer.from_str(tokenizer.to_str())  # a copy without padding and truncation
+    plain.no_padding()
+    plain.no_truncation()
+    chunks = []
+    for encoding in plain.encode_batch(list(texts), add_special_tokens=False):
+        if encoding.ids:
+            chunks.extend([cls_id, *piece, sep_id] for piece in _split_evenly(encoding.ids, max_len - 2))
+    lengths = torch.tensor([len(c) for c in chunks], dtype=torch.long)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    tokens = torch.tensor([i for c in chunks for i in c], dtype=torch.int32)
+    return Sequences(tokens, offsets)
+
+
+# ----------------------------------------------------------------------------- packing
+@dataclass
+class PackedBatch:
+    """N sequences back to back, unpadded."""
+
+    input_ids: torch.Tensor  # (T,) int64
+    cu_seqlens: torch.Tensor  # (N + 1,) int32
+    max_seqlen: int
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.cu_seqlens) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def select(self, start: int, stop: int) -> PackedBatch:
+        """Sequences start .. stop-1 as a batch of their own (a data-parallel rank's share)."""
+        if not 0 <= start < stop <= self.num_sequences:
+            raise ValueError(f"select({start}, {stop}) is outside the batch's "
+                             f"{self.num_sequences} sequences")
+        offsets = self.cu_seqlens[start:stop + 1]
+        lo, hi = int(offsets[0]), int(offsets[-1])
+        return PackedBatch(self.input_ids[lo:hi], offsets - offsets[0],
+                           int(offsets.diff().max()))
+
+
+def collate(sequences: Sequences, indices: Sequence[int]) -> PackedBatch:
+    """The sequences at `indices`, packed in that order."""
+    parts = [sequences[i] for i in indices]
+    lengths = torch.tensor([len(p) for p in parts], dtype=torch.int32)
+    cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0, dtype=torch.int32)])
+    return PackedBatch(torch.cat(parts).long(), cu_seqlens, int(lengths.max()))
+
+
+class PackedLoader:
+    """Packed batches from `sequences`, in a new shuffled order every epoch.
+
+    `next_batch(budget)` takes whole sequences, in order, while they fit in `budget` tokens
+    (so a batch holds between budget - max_len + 1 and budget tokens), ending early only at the
+    end of an epoch, so that every sequence is seen once per epoch. The order of epoch e is a
+    permutation drawn from `seed + e`, so the loader's whole state is (epoch, position).
+    """
+
+    def __init__(self, sequences: Sequences, *, seed: int = 0, shuffle: bool = True):
+        if len(sequences) == 0:
+            raise ValueError("sequences is empty: nothing to load")
+        self.sequences = sequences
+        self.lengths = sequences.lengths
+        self.longest = max(self.lengths)
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.position = 0  # index into this epoch's order
+        self._order = None
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.sequences)))
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(len(self.sequences), generator=generator).tolist()
+
+    def next_batch(self, budget: int) -> PackedBatch:
+        if self._order is None:
+            self._order = self.order(self.epoch)
+        if budget < self.longest:
+            raise ValueError(f"budget={budget} tokens is smaller than the longest sequence "
+                             f"({self.longest} tokens): it must hold at least one whole sequence")
+        indices, total = [], 0
+        while self.position < len(self._order):
+            i = self._order[self.position]
+            if total + self.lengths[i] > budget:
+                break
+            indices.append(i)
+            total += self.lengths[i]
+            self.position += 1
+        if self.position == len(self._order):  # the epoch is done: the next one reshuffles
+            self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        return collate(self.sequences, indices)
+
+    def batches(self, budget: int) -> Iterator[PackedBatch]:
+        """Batches until the end of the current epoch."""
+        epoch = self.epoch
+        while self.epoch == epoch:
+            yield self.next_batch(budget)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "shuffle": self.shuffle, "num_sequences": len(self.sequences)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_sequences"] != len(self.sequences):
+            raise ValueError(f"the saved loader ran over {state['num_sequences']} sequences, "
+                             f"this one has {len(self.sequences)}: not the same data")
+        self.epoch, self.position = state["epoch"], state["position"]
+        self.seed, self.shuffle = state["seed"], state["shuffle"]
+        self._order = None
+
+
+def pad_fraction(seqlens: Sequence[int], pad_to: int | None = None) -> float:
+    """The share of a padded (N, S) batch that is padding: 1 - sum(lengths) / (N * S).
+
+    S is `pad_to` (a fixed sequence length) or, by default, the longest of the lengths. In a
+    packed, unpadded batch this share of the compute is zero.
+    """
+    if not seqlens:
+        raise ValueError("seqlens is empty")
+    width = max(seqlens) if pad_to is None else pad_to
+    if width < max(seqlens):
+        raise ValueError(f"pad_to={pad_to} is shorter than the longest sequence ({max(seqlens)})")
+    return 1.0 - sum(seqlens) / (len(seqlens) * width)

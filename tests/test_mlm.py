@@ -1,0 +1,182 @@
+"""Masking (rates, special tokens, labels, reproducibility) and packing (nothing dropped, budgets,
+cu_seqlens, epochs, resumable state), checked against counts and the tokenizer itself."""
+
+import pytest
+import torch
+
+from modernbert_mini.data import load_corpus
+from modernbert_mini.mlm import (PackedLoader, Sequences, collate, mask_tokens, pad_fraction,
+                                 tokenize_documents)
+from modernbert_mini.model import IGNORE_INDEX
+from modernbert_mini.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, train_tokenizer
+
+SPECIAL = (UNK_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID)
+V = 8192
+
+
+def sample_ids(n=400_000, seed=1234):
+    """Ordinary ids with [CLS]/[SEP]/[PAD] sprinkled in, about 10% of them.
+
+    (Its seed is not one the masking uses: the same seed would give the same random stream.)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(len(SPECIAL), V, (n,), generator=gen)
+    where = torch.rand(n, generator=gen) < 0.1
+    ids[where] = torch.tensor([CLS_ID, SEP_ID, PAD_ID])[torch.randint(3, (int(where.sum()),), generator=gen)]
+    return ids
+
+
+def masked(ids, seed=0, **kwargs):
+    return mask_tokens(ids, mask_id=MASK_ID, vocab_size=V, special_ids=SPECIAL,
+                       generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def test_rates_are_30_percent_then_80_10_10():
+    ids = sample_ids()
+    inputs, labels = masked(ids)
+    ordinary = ~torch.isin(ids, torch.tensor(SPECIAL))
+    chosen = labels != IGNORE_INDEX
+    n_ordinary, n_chosen = int(ordinary.sum()), int(chosen.sum())
+    # binomial standard deviations here are ~0.0008 (chosen) and ~0.0012 (80%): 5 sigma or so
+    assert n_chosen / n_ordinary == pytest.approx(0.30, abs=0.004)
+    as_mask = (inputs[chosen] == MASK_ID).float().mean().item()
+    kept = (inputs[chosen] == ids[chosen]).float().mean().item()
+    random = 1 - as_mask - kept
+    # a random replacement equals the original with probability 1 / (V - 5): counted as kept
+    assert as_mask == pytest.approx(0.8, abs=0.006)
+    assert random == pytest.approx(0.1 * (1 - 1 / (V - 5)), abs=0.005)
+    assert kept == pytest.approx(0.1 + 0.1 / (V - 5), abs=0.005)
+    assert masked(ids, rate=0.15)[1].ne(IGNORE_INDEX).sum() / n_ordinary == pytest.approx(0.15, abs=0.004)
+
+
+def test_specials_never_chosen_labels_elsewhere_ignored():
+    ids = sample_ids(50_000)
+    inputs, labels = masked(ids)
+    special = torch.isin(ids, torch.tensor(SPECIAL))
+    chosen = labels != IGNORE_INDEX
+    assert not (chosen & special).any()
+    assert torch.equal(inputs[special], ids[special])  # specials stay as they are
+    assert torch.equal(labels[chosen], ids[chosen])  # the target is the original token
+    assert torch.equal(inputs[~chosen], ids[~chosen])  # nothing else changes
+    replaced = chosen & (inputs != MASK_ID) & (inputs != ids)
+    assert replaced.any() and not torch.isin(inputs[replaced], torch.tensor(SPECIAL)).any()
+    assert inputs.shape == labels.shape == ids.shape and inputs.dtype == ids.dtype
+    # a (B, S) batch of int32 works the same way
+    inputs2d, labels2d = masked(ids[:1000].view(10, 100).int())
+    assert inputs2d.shape == (10, 100) and inputs2d.dtype == torch.int32
+
+
+def test_reproducible_with_a_generator():
+    ids = sample_ids(10_000)
+    a, b, c = masked(ids, seed=1), masked(ids, seed=1), masked(ids, seed=2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+
+
+def test_mask_tokens_bad_arguments():
+    ids = sample_ids(100)
+    with pytest.raises(ValueError, match="rate"):
+        masked(ids, rate=0.0)
+    with pytest.raises(ValueError, match="mask_id"):
+        mask_tokens(ids, mask_id=V, vocab_size=V, special_ids=SPECIAL)
+    with pytest.raises(ValueError, match="integer tensor"):
+        mask_tokens(ids.float(), mask_id=MASK_ID, vocab_size=V, special_ids=SPECIAL)
+    with pytest.raises(ValueError, match="special_ids"):
+        mask_tokens(ids, mask_id=MASK_ID, vocab_size=V, special_ids=[V + 3])
+
+
+# ----------------------------------------------------------------------------- packing
+@pytest.fixture(scope="module")
+def texts():
+    return [doc.text for doc in load_corpus("train")[:20]]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(texts):
+    return train_tokenizer(texts, vocab_size=512)
+
+
+@pytest.fixture(scope="module")
+def sequences(texts, tokenizer):
+    return tokenize_documents(texts, tokenizer, max_len=128)
+
+
+def test_documents_become_cls_sep_sequences_with_nothing_dropped(texts, tokenizer, sequences):
+    lengths = sequences.lengths
+    assert max(lengths) <= 128 and len(sequences) > len(texts)  # long documents were cut
+    inner = []
+    for i in range(len(sequences)):
+        seq = sequences[i].tolist()
+        assert seq[0] == CLS_ID and seq[-1] == SEP_ID
+        inner.extend(seq[1:-1])
+    plain = [e.ids for e in [tokenizer.encode(t, add_special_tokens=False) for t in texts]]
+    assert inner == [i for ids in plain for i in ids]  # every token, once, in order
+    # chunks of one document are nearly equal: a 300-token document is 3 x 100, not 126+126+48
+    one = tokenize_documents(["word " * 299 + "end"], tokenizer, max_len=128)
+    pieces = [n - 2 for n in one.lengths]
+    assert sum(pieces) == len(tokenizer.encode("word " * 299 + "end", add_special_tokens=False).ids)
+    assert max(pieces) - min(pieces) <= 1
+    # the template's own output for a short document is what we build
+    short = tokenize_documents([texts[0][:200]], tokenizer, max_len=10_000)
+    assert short[0].tolist() == tokenizer.encode(texts[0][:200]).ids
+
+
+def test_packed_batches_fill_the_budget_and_cover_the_epoch(sequences):
+    budget = 512
+    loader = PackedLoader(sequences, seed=0)
+    epoch = list(loader.batches(budget))
+    assert loader.epoch == 1 and loader.position == 0
+    seen = []
+    for k, batch in enumerate(epoch):
+        cu = batch.cu_seqlens
+        assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == batch.num_tokens
+        assert batch.input_ids.shape == (batch.num_tokens,) and batch.input_ids.dtype == torch.long
+        lens = cu.diff().tolist()
+        assert batch.max_seqlen == max(lens) and batch.num_tokens <= budget
+        pieces = [batch.input_ids[a:b] for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
+        assert all(p[0] == CLS_ID and p[-1] == SEP_ID for p in pieces)
+        seen.extend(tuple(p.tolist()) for p in pieces)
+        if k + 1 < len(epoch):  # full: the next sequence in line did not fit
+            next_len = epoch[k + 1].cu_seqlens[1].item()
+            assert batch.num_tokens + next_len > budget
+    everything = sorted(tuple(sequences[i].tolist()) for i in range(len(sequences)))
+    assert sorted(seen) == everything  # each sequence exactly once per epoch
+    second = list(loader.batches(budget))
+    assert [b.input_ids.tolist() for b in second] != [b.input_ids.tolist() for b in epoch]
+    with pytest.raises(ValueError, match="budget"):
+        loader.next_batch(64)
+
+
+def test_loader_state_resumes_exactly(sequences):
+    loader = PackedLoader(sequences, seed=3)
+    budgets = [300, 400, 512, 700] * 10
+    full = [loader.next_batch(b).input_ids for b in budgets]
+    first = PackedLoader(sequences, seed=3)
+    for b in budgets[:13]:
+        first.next_batch(b)
+    state = first.state_dict()
+    resumed = PackedLoader(sequences, seed=0)
+    resumed.load_state_dict(state)
+    rest = [resumed.next_batch(b).input_ids for b in budgets[13:]]
+    assert all(torch.equal(a, b) for a, b in zip(full[13:], rest))
+    with pytest.raises(ValueError, match="not the same data"):
+        PackedLoader(Sequences(sequences.tokens[:10], sequences.offsets[:2]), seed=0).load_state_dict(state)
+
+
+def test_select_and_collate(sequences):
+    batch = collate(sequences, [3, 1, 4, 1])
+    assert batch.num_sequences == 4
+    part = batch.select(1, 3)
+    assert torch.equal(part.input_ids, torch.cat([sequences[1], sequences[4]]).long())
+    assert part.cu_seqlens.tolist() == [0, len(sequences[1]), len(sequences[1]) + len(sequences[4])]
+    assert part.max_seqlen == max(len(sequences[1]), len(sequences[4]))
+    with pytest.raises(ValueError, match="outside"):
+        batch.select(2, 5)
+
+
+def test_pad_fraction_by_hand():
+    assert pad_fraction([4, 2, 2]) == pytest.approx(1 - 8 / 12)
+    assert pad_fraction([4, 2, 2], pad_to=8) == pytest.approx(1 - 8 / 24)
+    assert pad_fraction([5, 5]) == 0.0
+    with pytest.raises(ValueError, match="pad_to"):
+        pad_fraction([4, 9], pad_to=8)
