@@ -9,11 +9,17 @@ parameter names are the reference's, so a state dict maps one to one; the only t
 - the MLM decoder's weight is the token embedding, so it is not stored (transformers leaves it
   out too) and, if a file has it anyway, it must equal the embedding.
 
+Loading builds the model on PyTorch's "meta" device (shapes, no memory, no random init) and then
+puts the checkpoint's tensors in as the parameters themselves (`load_state_dict(assign=True)`),
+converted to the asked dtype and device once: no weight is initialised only to be overwritten.
+The tie between the MLM decoder and the token embedding is made again after that.
+
 Loading is strict by default: a missing, unexpected or misshapen key is a ValueError that lists
 them. `strict=False` is for changing heads, e.g. the published MLM checkpoint into a classifier
 (its `head.*` is reused, `decoder.*` is dropped, the classifier starts fresh) or into a bare
 encoder; the encoder itself must still be complete, and what was skipped is reported in a warning.
-Only safetensors are read: a pickle file can run code when loaded.
+The keys a checkpoint lacks get the package's initialisation (`model.init_weights`), and nothing
+else is initialised. Only safetensors are read: a pickle file can run code when loaded.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors.torch import load_file, save_file
 
 from .config import ModernBertConfig
@@ -35,8 +42,10 @@ ENCODER_PREFIX = "model."  # where the encoder sits inside a model with a head
 
 
 # ----------------------------------------------------------------------------- reading files
-def resolve_checkpoint(name_or_dir: str | Path, revision: str | None = None) -> Path:
-    """A local directory as is; anything else is a hub id, downloaded with huggingface_hub."""
+def resolve_checkpoint(name_or_dir: str | Path, revision: str | None = None, *,
+                       config_only: bool = False) -> Path:
+    """A local directory as is; anything else is a hub id, downloaded with huggingface_hub
+    (config.json alone with config_only=True, else with the weights)."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
@@ -45,8 +54,8 @@ def resolve_checkpoint(name_or_dir: str | Path, revision: str | None = None) -> 
         raise FileNotFoundError(f"{text} is not a checkpoint directory")
     from huggingface_hub import snapshot_download  # only here: loading a local dir never needs it
 
-    return Path(snapshot_download(repo_id=text, revision=revision,
-                                  allow_patterns=[CONFIG_NAME, WEIGHTS_INDEX_NAME, "*.safetensors"]))
+    patterns = [CONFIG_NAME] if config_only else [CONFIG_NAME, WEIGHTS_INDEX_NAME, "*.safetensors"]
+    return Path(snapshot_download(repo_id=text, revision=revision, allow_patterns=patterns))
 
 
 def read_hf_config(directory: Path) -> dict:
@@ -56,15 +65,16 @@ def read_hf_config(directory: Path) -> dict:
     return json.loads(config_file.read_text())
 
 
-def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint, from model.safetensors or from its shards."""
+def read_state_dict(directory: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint, from model.safetensors or from its shards, read onto `device`."""
+    device = str(torch.device(device))
     if (directory / WEIGHTS_NAME).is_file():
-        return load_file(directory / WEIGHTS_NAME)
+        return load_file(directory / WEIGHTS_NAME, device=device)
     if (directory / WEIGHTS_INDEX_NAME).is_file():
         weight_map = json.loads((directory / WEIGHTS_INDEX_NAME).read_text())["weight_map"]
         state_dict = {}
         for shard in sorted(set(weight_map.values())):
-            state_dict.update(load_file(directory / shard))
+            state_dict.update(load_file(directory / shard, device=device))
         return state_dict
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
     hint = (f"; it has {pickles}, but pickle files are not loaded (they can run code): "
@@ -88,13 +98,17 @@ def _listing(title: str, keys: list[str], limit: int = 40) -> str:
     return f"\n  {title} ({len(keys)}): {shown}"
 
 
-def load_hf_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
-                       strict: bool = True) -> dict[str, list[str]]:
-    """Copy a state dict named as transformers names it into `model` (any of the three classes).
+def load_hf_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor],
+                       strict: bool = True, assign: bool = False) -> dict[str, list[str]]:
+    """Put a state dict named as transformers names it into `model` (any of the model classes).
 
     Misshapen keys and missing encoder keys are always a ValueError; with strict=True missing
     head keys and unexpected keys are too. Returns {"missing": [...], "unexpected": [...]}:
     what was left at its initialisation and what was dropped (both empty when strict).
+
+    assign=False copies into the model's parameters (their dtype and device stay). assign=True
+    is for a model built on the meta device: the tensors become its parameters as they are, the
+    missing ones are initialised (`initialise_missing`) and the tied weights are tied again.
     """
     state_dict = dict(align_prefix(state_dict, model.encoder_prefix))  # ours to change
     expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
@@ -126,9 +140,57 @@ def load_hf_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
         warnings.warn(f"loaded {type(model).__name__} with strict=False:"
                       + (_listing("initialised, not loaded", missing) if missing else "")
                       + (_listing("dropped", unexpected) if unexpected else ""), stacklevel=3)
+    if assign:
+        initialise_missing(model, missing)
     model.load_state_dict({key: state_dict[key] for key in expected.keys() & state_dict.keys()},
-                          strict=False)
+                          strict=False, assign=assign)
+    if assign:
+        tie_weights(model)
     return {"missing": missing, "unexpected": unexpected}
+
+
+def tie_weights(model: nn.Module) -> None:
+    """Make each tied parameter (the MLM decoder's weight) the very tensor it is tied to again:
+    load_state_dict(assign=True) puts a new tensor in at the source and leaves the tie behind."""
+    for tied, source in model.tied_weights.items():
+        owner, _, name = tied.rpartition(".")
+        setattr(model.get_submodule(owner), name, model.get_parameter(source))
+
+
+def initialise_missing(model: nn.Module, missing: list[str]) -> None:
+    """Give the parameters a checkpoint lacks (a new head's) real values, on a model on the meta
+    device: only the modules that hold them get memory, then the package's initialisation runs
+    over the model, which costs nothing where the tensors are still on meta."""
+    if not missing:
+        return
+    from .model import init_weights  # model.py imports this module
+
+    owners = {model.get_submodule(key.rpartition(".")[0]) for key in missing}
+    for module in owners:
+        module.to_empty(device="cpu", recurse=False)  # uninitialised memory, in float32
+        module.reset_parameters()  # PyTorch's own init: LayerNorm 1, Linear's biases ...
+    init_weights(model, model.config)  # ... then the package's, for what it initialises
+
+
+def meta_tensors(model: nn.Module) -> list[str]:
+    """Names of parameters and buffers still on the meta device (i.e. without values)."""
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return [name for name, tensor in tensors if tensor.is_meta]
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, hf: dict) -> torch.dtype:
+    """None: PyTorch's default (float32); "auto": what config.json says the weights are; a
+    torch.dtype or its name ("bfloat16"): that one."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if dtype == "auto":
+        dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype={dtype!r} is invalid: must be None, 'auto', or a floating "
+                         "torch.dtype such as torch.float32, torch.bfloat16 or 'float16'")
+    return dtype
 
 
 # ----------------------------------------------------------------------------- the mixin
@@ -149,33 +211,63 @@ class HubMixin:
         return {}
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path, *, strict: bool = True,
-                        revision: str | None = None, **overrides):
+    def from_pretrained(cls, path_or_id: str | Path, *, dtype: torch.dtype | str | None = None,
+                        device: torch.device | str | None = None, strict: bool = True,
+                        revision: str | None = None, **overrides) -> nn.Module:
         """Load a checkpoint in the Hugging Face layout: a local directory, or a hub id.
 
-        overrides: ModernBertConfig fields (e.g. attention_backend="eager") and constructor
-        arguments (num_labels=3). Returns the model in eval mode, like transformers.
+        dtype: None (float32, PyTorch's default), "auto" (as config.json says the weights were
+        saved) or a floating torch.dtype; device: where the weights go ("cpu" by default), read
+        there straight from the file. overrides: ModernBertConfig fields (e.g.
+        attention_backend="eager", id2label={...}) and constructor arguments (num_labels=3).
+        Returns the model in eval mode, like transformers.
         """
-        directory = resolve_checkpoint(name_or_dir, revision)
+        directory = resolve_checkpoint(path_or_id, revision)
         hf = read_hf_config(directory)
+        dtype = resolve_dtype(dtype, hf)
+        device = torch.device("cpu" if device is None else device)
         config_fields = {f.name for f in fields(ModernBertConfig)}
         config = ModernBertConfig.from_hf_dict(
             hf, **{k: v for k, v in overrides.items() if k in config_fields})
-        init_kwargs = {**cls.init_kwargs_from_hf(hf),
+        # num_labels from the label names: the checkpoint's, or those passed as id2label=
+        init_kwargs = {**cls.init_kwargs_from_hf({**hf, **config.to_hf_dict()}),
                        **{k: v for k, v in overrides.items() if k not in config_fields}}
-        model = cls(config, **init_kwargs)
-        load_hf_state_dict(model, read_state_dict(directory), strict=strict)
+        with torch.device("meta"):  # shapes only: no memory, no random init
+            model = cls(config, **init_kwargs)
+        _check_labels(model)
+        state_dict = {key: tensor.to(dtype) if tensor.is_floating_point() else tensor
+                      for key, tensor in read_state_dict(directory, device).items()}
+        load_hf_state_dict(model, state_dict, strict=strict, assign=True)
+        model.to(device=device, dtype=dtype)  # a new head's modules; the loaded tensors are there
+        left = meta_tensors(model)
+        if left:
+            raise RuntimeError(f"{cls.__name__}.from_pretrained left {left} without values: "
+                               "neither the checkpoint nor initialise_missing gave them any")
         return model.eval()
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config.json and model.safetensors, as transformers' save_pretrained does."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        dtype = next(self.parameters()).dtype
-        hf = {**self.config.to_hf_dict(self.hf_architecture), **self.hf_config_extras(),
-              "dtype": str(dtype).removeprefix("torch.")}
+        _check_labels(self)
+        dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
+        hf = {**self.hf_config_extras(),  # the model's defaults (LABEL_0 ...), then the config's
+              **self.config.to_hf_dict(self.hf_architecture),
+              "dtype": dtype, "torch_dtype": dtype}  # transformers 5 reads dtype, 4.x torch_dtype
         (directory / CONFIG_NAME).write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
         tensors = {key: tensor.detach().cpu().contiguous()
                    for key, tensor in self.state_dict().items() if key not in self.tied_weights}
         save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
         return directory
+
+
+def _check_labels(model: nn.Module) -> None:
+    """A classifier's config must not name more or fewer labels than its classifier has
+    (num_labels=4 on a checkpoint whose id2label names 3: pass id2label= with 4 names, or None)."""
+    num_labels = getattr(model, "num_labels", None)
+    if num_labels is not None and model.config.id2label is not None and \
+            model.config.num_labels != num_labels:
+        raise ValueError(f"{type(model).__name__} has num_labels={num_labels}, but its config's "
+                         f"id2label names {model.config.num_labels} labels, "
+                         f"{list(model.config.id2label.values())}: pass id2label= with "
+                         f"{num_labels} names, or id2label=None for the defaults LABEL_0, ...")
