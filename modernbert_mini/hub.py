@@ -158,18 +158,27 @@ def tie_weights(model: nn.Module) -> None:
 
 
 def initialise_missing(model: nn.Module, missing: list[str]) -> None:
-    """Give the parameters a checkpoint lacks (a new head's) real values, on a model on the meta
-    device: only the modules that hold them get memory, then the package's initialisation runs
-    over the model, which costs nothing where the tensors are still on meta."""
+    """Give the tensors a checkpoint lacks (a new head's) real values, on a model on the meta
+    device: only they get memory, then the init runs over the whole model, which costs nothing
+    where the tensors are still on meta. Called before the checkpoint's tensors go in."""
     if not missing:
         return
     from .model import init_weights  # model.py imports this module
 
-    owners = {model.get_submodule(key.rpartition(".")[0]) for key in missing}
+    owners = set()
+    for key in missing:
+        owner, _, name = key.rpartition(".")
+        module = model.get_submodule(owner)
+        empty = torch.empty_like(getattr(module, name), device="cpu")  # float32, no values yet
+        if name in module._parameters:
+            setattr(module, name, nn.Parameter(empty))
+        else:
+            module.register_buffer(name, empty)
+        owners.add(module)
     for module in owners:
-        module.to_empty(device="cpu", recurse=False)  # uninitialised memory, in float32
-        module.reset_parameters()  # PyTorch's own init: LayerNorm 1, Linear's biases ...
-    init_weights(model, model.config)  # ... then the package's, for what it initialises
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()  # PyTorch's init (LayerNorm 1, Linear ...); a no-op on meta
+    init_weights(model, model.config)  # then the package's, for the modules it initialises
 
 
 def meta_tensors(model: nn.Module) -> list[str]:

@@ -1,0 +1,216 @@
+"""Using a ModernBERT: text in, tensors, masked-token guesses and sentence embeddings out.
+
+What a reader reaches for once the model is built (chapter 8) or fine-tuned (chapter 11):
+
+- `encode(tokenizer, texts)`: a `tokenizers.Tokenizer` (chapter 1's, or the published one) to
+  the model's inputs, `input_ids` and `attention_mask` (B, S). A text longer than `max_length`
+  is an error unless `truncation=True`: silently cut text gives answers about text nobody wrote.
+- `fill_mask(model, tokenizer, text)`: an encoder's `generate`. The MLM head's distribution at
+  each [MASK] of the text, its `top_k` tokens with their probabilities.
+- `embed(model, tokenizer, texts)`: one vector per text, the mean of the encoder's last hidden
+  states over the text's real tokens (no padding), for retrieval and clustering.
+- `num_parameters(model)`: how big a model is, with or without the token embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from .model import ModernBertForMaskedLM, ModernBertModel, pool
+
+MASK_TOKEN = "[MASK]"
+PAD_TOKEN = "[PAD]"
+
+
+# ----------------------------------------------------------------------------- text -> tensors
+@contextmanager
+def _untouched(tokenizer: Tokenizer) -> Iterator[Tokenizer]:
+    """The tokenizer with its own padding and truncation off for a moment, then set back as
+    they were: encode pads and truncates itself, and says when it would cut."""
+    padding, truncation = tokenizer.padding, tokenizer.truncation
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    try:
+        yield tokenizer
+    finally:
+        if padding is not None:
+            tokenizer.enable_padding(**padding)
+        if truncation is not None:
+            tokenizer.enable_truncation(**truncation)
+
+
+def _check_texts(texts: str | Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, Sequence) or not texts:
+        raise ValueError(f"texts must be a string or a non-empty list of strings, got {texts!r:.80}")
+    wrong = [i for i, text in enumerate(texts) if not isinstance(text, str)]
+    if wrong:
+        raise ValueError(f"texts must be strings, but texts[{wrong[0]}] is "
+                         f"{type(texts[wrong[0]]).__name__}")
+    return list(texts)
+
+
+def _pad_id(tokenizer: Tokenizer, pad_id: int | None) -> int | None:
+    if pad_id is not None:
+        return pad_id
+    if tokenizer.padding is not None:
+        return tokenizer.padding["pad_id"]
+    return tokenizer.token_to_id(PAD_TOKEN)
+
+
+def encode(tokenizer: Tokenizer, texts: str | Sequence[str], max_length: int | None = None, *,
+           truncation: bool = False, pad_id: int | None = None) -> dict[str, torch.Tensor]:
+    """Tokenize texts into {"input_ids": (B, S) int64, "attention_mask": (B, S) int64}.
+
+    Each text gets the tokenizer's special tokens ([CLS] text [SEP]); rows are padded on the
+    right to the longest, with `pad_id` (default: the tokenizer's padding id, else [PAD]).
+    A text longer than `max_length` tokens (special tokens included) is a ValueError, unless
+    truncation=True: then its text is cut so that it fits, and the special tokens are kept.
+    """
+    texts = _check_texts(texts)
+    if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool)
+                                   or max_length < 1):
+        raise ValueError(f"max_length={max_length!r} is invalid: must be None or a positive integer")
+    with _untouched(tokenizer):
+        encodings = tokenizer.encode_batch(texts)
+        too_long = [i for i, e in enumerate(encodings) if max_length is not None and len(e.ids) > max_length]
+        if too_long and not truncation:
+            i = too_long[0]
+            raise ValueError(f"texts[{i}] is {len(encodings[i].ids)} tokens long, more than "
+                             f"max_length={max_length} ({len(too_long)} of {len(texts)} texts are): "
+                             "pass truncation=True to cut them, or a larger max_length")
+        if too_long:
+            processor = tokenizer.post_processor
+            special = processor.num_special_tokens_to_add(False) if processor is not None else 0
+            if max_length <= special:
+                raise ValueError(f"max_length={max_length} leaves no room for text next to the "
+                                 f"{special} special tokens")
+            for i in too_long:
+                cut = tokenizer.encode(texts[i], add_special_tokens=False)
+                cut.truncate(max_length - special)
+                encodings[i] = tokenizer.post_process(cut)
+    longest = max(len(e.ids) for e in encodings)
+    pad = _pad_id(tokenizer, pad_id)
+    if pad is None and any(len(e.ids) < longest for e in encodings):
+        raise ValueError(f"these texts need padding, but the tokenizer has no padding id and no "
+                         f"{PAD_TOKEN} token: pass pad_id=")
+    input_ids = torch.full((len(encodings), longest), pad if pad is not None else 0, dtype=torch.long)
+    attention_mask = torch.zeros(len(encodings), longest, dtype=torch.long)
+    for row, e in enumerate(encodings):
+        input_ids[row, :len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+        attention_mask[row, :len(e.ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+# ----------------------------------------------------------------------------- running a model
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (no dropout) and no autograd for a moment; the model's mode is set back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class MaskPrediction:
+    token: str  # the token as text, e.g. " Paris" (byte-level BPE keeps the space in front)
+    token_id: int
+    probability: float
+
+
+def fill_mask(model: ModernBertForMaskedLM, tokenizer: Tokenizer, text: str,
+              top_k: int = 5) -> list[list[MaskPrediction]]:
+    """The `top_k` most likely tokens at each [MASK] of `text`, most likely first.
+
+    Returns one list per [MASK], in the order they appear in the text. The probabilities are
+    the softmax of the MLM logits at that position (in float32), over the whole vocabulary.
+    """
+    if not isinstance(model, ModernBertForMaskedLM):
+        raise ValueError(f"fill_mask needs a ModernBertForMaskedLM (it reads the MLM head), "
+                         f"got {type(model).__name__}")
+    if not isinstance(text, str):
+        raise ValueError(f"text must be one string, got {type(text).__name__}")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= model.config.vocab_size:
+        raise ValueError(f"top_k={top_k!r} is invalid: must be an integer in "
+                         f"[1, vocab_size={model.config.vocab_size}]")
+    mask_id = tokenizer.token_to_id(MASK_TOKEN)
+    if mask_id is None:
+        raise ValueError(f"the tokenizer has no {MASK_TOKEN} token")
+    if model.config.mask_token_id is not None and model.config.mask_token_id != mask_id:
+        raise ValueError(f"the tokenizer's {MASK_TOKEN} is id {mask_id}, but the model's config says "
+                         f"mask_token_id={model.config.mask_token_id}: they do not belong together")
+    inputs = encode(tokenizer, text, model.config.max_position_embeddings)
+    positions = (inputs["input_ids"][0] == mask_id).nonzero().flatten().tolist()
+    if not positions:
+        raise ValueError(f"text has no {MASK_TOKEN} token to fill: {text!r:.80}")
+    with _evaluating(model):
+        device = _device(model)
+        logits = model(inputs["input_ids"].to(device), inputs["attention_mask"].to(device)).logits
+        probabilities = logits[0, positions].float().softmax(dim=-1)  # (M, V)
+        top = probabilities.topk(top_k, dim=-1)  # sorted, largest first
+    return [[MaskPrediction(tokenizer.decode([i], skip_special_tokens=False), i, p)
+             for i, p in zip(ids.tolist(), probs.tolist())]
+            for ids, probs in zip(top.indices, top.values)]
+
+
+def embed(model: nn.Module, tokenizer: Tokenizer, texts: str | Sequence[str], batch_size: int = 32,
+          *, normalize: bool = False, truncation: bool = False) -> torch.Tensor:
+    """One vector per text: (N, H) float32, the mean of the last hidden states over its tokens.
+
+    `model` is a ModernBertModel or any model with one inside (`.model`, e.g. the MLM). Texts are
+    run in batches of `batch_size`, shortest first so that little is padded; the rows come back
+    in the order of `texts`. normalize=True scales each vector to length 1 (cosine similarity
+    is then a dot product). Texts longer than max_position_embeddings are an error unless
+    truncation=True.
+    """
+    encoder = model if isinstance(model, ModernBertModel) else getattr(model, "model", None)
+    if not isinstance(encoder, ModernBertModel):
+        raise ValueError(f"embed needs a ModernBertModel or a model with one as .model, "
+                         f"got {type(model).__name__}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid: must be a positive integer")
+    texts = _check_texts(texts)
+    max_length = encoder.config.max_position_embeddings
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # a cheap proxy for tokens
+    vectors = [None] * len(texts)
+    with _evaluating(encoder):
+        device = _device(encoder)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start:start + batch_size]
+            inputs = encode(tokenizer, [texts[i] for i in rows], max_length, truncation=truncation)
+            x, batch, _ = encoder.encode(inputs["input_ids"].to(device),
+                                         inputs["attention_mask"].to(device))
+            pooled = pool(x, batch, "mean").float()  # (b, H), real tokens only
+            for i, vector in zip(rows, pooled):
+                vectors[i] = vector
+    out = torch.stack(vectors)  # (N, H)
+    return nn.functional.normalize(out, dim=-1) if normalize else out
+
+
+# ----------------------------------------------------------------------------- size
+def num_parameters(model: nn.Module, non_embedding: bool = False) -> int:
+    """The number of parameters, each counted once (the MLM decoder shares the embedding's).
+
+    non_embedding=True leaves out the token embedding, as scaling laws count a model's size
+    (transformers: `num_parameters(exclude_embeddings=True)`).
+    """
+    total = sum(p.numel() for p in model.parameters())  # parameters() yields a shared one once
+    if non_embedding:
+        embeddings = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding)}
+        total -= sum(embeddings.values())
+    return total
