@@ -192,12 +192,13 @@ def resolve_dtype(dtype: torch.dtype | str | None, hf: dict) -> torch.dtype:
     torch.dtype or its name ("bfloat16"): that one."""
     if dtype is None:
         return torch.get_default_dtype()
+    asked = dtype
     if dtype == "auto":
         dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype={dtype!r} is invalid: must be None, 'auto', or a floating "
+        raise ValueError(f"dtype={asked!r} is invalid: must be None, 'auto', or a floating "
                          "torch.dtype such as torch.float32, torch.bfloat16 or 'float16'")
     return dtype
 
