@@ -1,0 +1,241 @@
+"""Measured speed and memory against the reference ModernBERT. Chapter 12; `make bench`.
+
+Both models get the same weights, run in the same process with the same thread count, take
+turns (so a slow moment of the machine hits both), and keep their best time. Cases:
+
+- (a) full:     8 x 512, no padding;
+- (b) varlen:   8 sequences of 64..512 tokens (mean 256), padded to 512;
+- (c) long:     one sequence of 8192 tokens (a reduced-depth base on the CPU: both sides alike).
+
+Reported: real tokens per second, the ratio to the reference, the peak memory a forward adds
+(resident memory sampled while it runs, above what was in use before), and model FLOP
+utilisation: the FLOPs the model needs (matrix products, attention inside the window only) per
+second, over this machine's measured peak matrix-product rate. On a CUDA GPU the same script adds
+bf16 and flash-attn columns.
+
+    python -m modernbert_mini.bench [--out out/bench] [--cases full varlen long] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .config import ModernBertConfig
+from .hub import load_hf_state_dict
+from .model import ModernBertModel
+
+
+# ----------------------------------------------------------------------------- inputs
+def make_case(name: str, config: ModernBertConfig, seed: int = 0):
+    """(input_ids, attention_mask or None) of a named case."""
+    g = torch.Generator().manual_seed(seed)
+    if name == "full":
+        lengths, S = [512] * 8, 512
+    elif name == "varlen":
+        lengths, S = [512, 64, 320, 128, 448, 192, 256, 128], 512  # mean 256
+    elif name == "long":
+        lengths, S = [8192], 8192
+    else:
+        raise ValueError(f"unknown case {name!r}: use full, varlen or long")
+    ids = torch.randint(5, config.vocab_size, (len(lengths), S), generator=g)
+    mask = torch.zeros(len(lengths), S, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    ids[mask == 0] = config.pad_token_id
+    return ids, (None if bool(mask.all()) else mask)
+
+
+def model_flops(config: ModernBertConfig, lengths: list[int]) -> float:
+    """FLOPs of one forward that the model needs: matrix products, attention in the window."""
+    H, I, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_token = 2 * (3 * H * H + H * H + 2 * H * I + I * H)  # Wqkv, Wo, Wi, Wo
+    total = 0.0
+    for n in lengths:
+        for layer in range(L):
+            keys = n if config.is_global_layer(layer) else min(n, config.local_attention + 1)
+            total += n * (per_token * 1.0 + 4 * keys * H)  # q k^T and weights v
+    return total
+
+
+def peak_matmul_flops(size: int = 2048, repeats: int = 5, device="cpu") -> float:
+    """This machine's fp32 matrix-product rate, FLOP/s (best of a few)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+# ----------------------------------------------------------------------------- measuring
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(run) -> int:
+    """Bytes a call adds at its peak: CUDA's allocator stats, or resident memory sampled on CPU."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    before = _rss()
+    peak, done = [before], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        run()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], _rss()) - before
+
+
+def best_times(runs: dict, repeats: int) -> dict:
+    """Each call's best wall time; the calls take turns so that noise hits them alike."""
+    for run in runs.values():
+        run()  # warm-up
+    best = {name: math.inf for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def reference_model(config: ModernBertConfig, ours: ModernBertModel, attn: str = "sdpa",
+                    dtype=torch.float32):
+    """transformers' ModernBertModel with our weights."""
+    import transformers as tf
+
+    hf_config = tf.ModernBertConfig(**config.to_hf_dict())
+    hf_config._attn_implementation = attn
+    ref = tf.ModernBertModel(hf_config)
+    ref.load_state_dict(ours.state_dict())
+    return ref.to(dtype).eval()
+
+
+# ----------------------------------------------------------------------------- the run
+def run(cases=("full", "varlen", "long"), long_layers: int = 6, repeats: int = 3,
+        device: str = "cpu", compile_ours: bool = True) -> list[dict]:
+    """One row per (case, implementation)."""
+    torch.manual_seed(0)
+    peak = peak_matmul_flops(device=device)
+    rows = []
+    for case in cases:
+        config = ModernBertConfig.base(attention_backend="auto")
+        if case == "long":
+            config = replace(config, num_hidden_layers=long_layers)
+        ours = ModernBertModel(config).eval().to(device)
+        ref = reference_model(config, ours).to(device)
+        ids, mask = make_case(case, config)
+        ids = ids.to(device)
+        mask = None if mask is None else mask.to(device)
+        lengths = (mask.sum(1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0])
+        tokens, flops = sum(lengths), model_flops(config, lengths)
+        impls = {"transformers": lambda: ref(ids, attention_mask=mask),
+                 "modernbert_mini": lambda: ours(ids, mask)}
+        if compile_ours and case != "long":
+            compiled = torch.compile(ours)
+            impls["modernbert_mini, compiled"] = lambda: compiled(ids, mask)
+        with torch.inference_mode():
+            seconds = best_times(impls, repeats if case != "long" else max(1, repeats - 1))
+            memory = {name: peak_memory(call) for name, call in impls.items()}
+        for name in impls:
+            rows.append(dict(case=case, impl=name, layers=config.num_hidden_layers,
+                             shape=f"{ids.shape[0]} x {ids.shape[1]}", tokens=tokens,
+                             seconds=seconds[name], tokens_per_s=tokens / seconds[name],
+                             speedup=seconds["transformers"] / seconds[name],
+                             peak_mib=memory[name] / 2 ** 20,
+                             memory_ratio=memory[name] / max(memory["transformers"], 1),
+                             mfu=flops / seconds[name] / peak))
+        del ours, ref, impls
+        gc.collect()
+    for row in rows:
+        row["peak_matmul_gflops"] = peak / 1e9
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| case | implementation | shape (layers) | tokens/s | x reference | peak MiB | "
+            "x reference | MFU |\n|---|---|---|---:|---:|---:|---:|---:|\n")
+    return head + "".join(
+        f"| {r['case']} | {r['impl']} | {r['shape']} ({r['layers']}) | {r['tokens_per_s']:,.0f} | "
+        f"{r['speedup']:.2f} | {r['peak_mib']:,.0f} | {r['memory_ratio']:.2f} | {r['mfu']:.0%} |\n"
+        for r in rows)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    width = 0.8 / len(impls)
+    for i, impl in enumerate(impls):
+        for ax, key in zip(axes, ("speedup", "memory_ratio")):
+            values = [next((r[key] for r in rows if r["case"] == c and r["impl"] == impl), 0)
+                      for c in cases]
+            ax.bar([j + i * width for j in range(len(cases))], values, width, label=impl)
+    for ax, title in zip(axes, ("tokens/s, x transformers", "peak memory, x transformers")):
+        ax.axhline(1, color="k", lw=0.8)
+        ax.set_xticks([j + width * (len(impls) - 1) / 2 for j in range(len(cases))], cases)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="out/bench")
+    parser.add_argument("--cases", nargs="+", default=["full", "varlen", "long"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--long-layers", type=int, default=6)
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = run(args.cases, args.long_layers, args.repeats, device, not args.no_compile)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = (f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, peak fp32 "
+            f"matmul {rows[0]['peak_matmul_gflops']:.0f} GFLOP/s\n\n" + table(rows))
+    (out / "bench.md").write_text(text)
+    (out / "bench.json").write_text(json.dumps(rows, indent=2))
+    plot(rows, out / "bench.png")
+    print(text)
+    print(f"written to {out}/bench.md, bench.json, bench.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Every attention backend against the formula, for values and gradients, with padding and windows.
+
+The reference is written here, independently of backends.py: for each row, its real tokens only,
+dense float64 scores, |i - j| <= window // 2, softmax, in float64. Each backend runs on both
+layouts (padded with a mask, and unpadded), so the conversions between them are checked too.
+A backend that ignored the window or the padding must fail these checks: the last tests show
+that broken backends do.
+"""
+
+import pytest
+import torch
+
+from modernbert_mini import backends
+from modernbert_mini.backends import BACKENDS, attend, choose
+from modernbert_mini.padding import Batch, pad, unpad
+
+LENGTHS = [7, 1, 20, 13]  # one token alone; one row fills S
+S, NH, HD = 20, 2, 8
+WINDOWS = [None, 2, 4, 8, 64]  # 64: wider than any row
+
+
+CPU_BACKENDS = [name for name in BACKENDS if "cpu" in BACKENDS[name].devices]
+
+
+def reference(q, k, v, lengths, window):
+    """Per row, dense attention over its real tokens. q, k, v: (B, S, nh, hd) float64."""
+    out = torch.zeros_like(q)
+    for row, n in enumerate(lengths):
+        qs, ks, vs = (x[row, :n].transpose(0, 1) for x in (q, k, v))  # (nh, n, hd)
+        scores = qs @ ks.transpose(-1, -2) / HD ** 0.5  # (nh, n, n)
+        if window is not None:
+            i = torch.arange(n)
+            scores = scores.masked_fill((i[:, None] - i[None, :]).abs() > window // 2, float("-inf"))
+        out[row, :n] = (scores.softmax(-1) @ vs).transpose(0, 1)
+    return out
+
+
+def inputs(dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(len(LENGTHS), S, NH, HD, generator=g, dtype=dtype) for _ in range(3))
+    mask = torch.zeros(len(LENGTHS), S, dtype=torch.bool)
+    for row, n in enumerate(LENGTHS):
+        mask[row, :n] = True
+    return q, k, v, mask
+
+
+def dtype_for(name):
+    return torch.float64 if torch.float64 in BACKENDS[name].dtypes else torch.float32
+
+
+def run_backend(name, layout, window, q, k, v, mask):
+    """The backend on `layout`; returns (B, S, nh, hd) with the real positions filled."""
+    if layout == "padded":
+        return attend(q, k, v, Batch.padded(S, mask), window, 0.0, name)
+    batch = Batch.unpad(mask)
+    return pad(attend(*(unpad(x, batch) for x in (q, k, v)), batch, window, 0.0, name), batch)
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("layout", ["padded", "unpadded"])
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_backend_values_and_gradients(name, layout, window):
+    if BACKENDS[name].supports("cpu", dtype_for(name), window, 0.0):
+        pytest.skip(f"{name}: {BACKENDS[name].supports('cpu', dtype_for(name), window, 0.0)}")
+    dtype = dtype_for(name)
+    q, k, v, mask = inputs(dtype)
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref_leaves = [x.detach().double().clone().requires_grad_() for x in (q, k, v)]
+    out = run_backend(name, layout, window, *leaves, mask)
+    ref = reference(*ref_leaves, LENGTHS, window)
+    real = mask[:, :, None, None].expand_as(out)
+    torch.testing.assert_close(out[real].double(), ref[real], rtol=0, atol=tol)
+
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (out.double() * weights * real).sum().backward()
+    (ref * weights * real).sum().backward()
+    for mine, theirs, what in zip(leaves, ref_leaves, "qkv"):
+        # pad keys and values are never seen, pad queries are not in the loss: their gradient is 0
+        torch.testing.assert_close(mine.grad.double() * real, theirs.grad, rtol=0, atol=tol * 10,
+                                   msg=lambda m: f"d{what}: {m}")
+        if what in "kv":
+            assert mine.grad[~real].abs().max() == 0, f"a pad {what} got a gradient: it was attended to"
+
+
+@pytest.mark.parametrize("name", ["eager", "sdpa", "local"])
+def test_no_nan_where_a_pad_query_sees_no_key(name):
+    """Row 1 has one real token; its pad queries' windows hold only padding."""
+    q, k, v, mask = inputs(torch.float64 if name == "eager" else torch.float32)
+    out = attend(q, k, v, Batch.padded(S, mask), 4, 0.0, name)
+    assert torch.isfinite(out).all()
+
+
+def test_a_backend_that_ignores_the_window_or_the_padding_fails():
+    q, k, v, mask = inputs()
+    real = mask[:, :, None, None].expand_as(q)
+    no_window = attend(q, k, v, Batch.padded(S, mask), None, 0.0, "eager")
+    no_padding = attend(q, k, v, Batch.padded(S), 4, 0.0, "eager")
+    ref = reference(q, k, v, LENGTHS, 4)
+    for broken in (no_window, no_padding):
+        assert (broken[real] - ref[real]).abs().max() > 1e-2
+
+
+def test_dense_masks_are_built_once_per_forward():
+    q, k, v, mask = inputs(torch.float32)
+    batch = Batch.padded(S, mask)
+    for _ in range(3):  # three layers of one window
+        attend(q, k, v, batch, 4, 0.0, "sdpa")
+    assert [key for key in batch.cache if key[0] == "dense_mask"] == [("dense_mask", 4, S)]
+
+
+def test_auto_picks_for_the_device_dtype_and_input():
+    q32 = torch.zeros(2, S, NH, HD)
+    padded, unpadded = Batch.padded(S), Batch.unpad(torch.ones(2, S))
+    assert choose("auto", padded, q32, None).name == "sdpa"
+    assert choose("auto", padded, q32, 128).name == "local"
+    assert choose("auto", unpadded, q32.flatten(0, 1), 128).name == "varlen"
+    assert choose("eager", unpadded, q32.flatten(0, 1), 128).name == "eager"  # forced, converted
+
+
+def test_a_backend_that_cannot_run_says_why():
+    q = torch.zeros(2, S, NH, HD)
+    with pytest.raises(ValueError, match="'flash_attn' cannot run this layer: it does not run on cpu"):
+        choose("flash_attn", Batch.padded(S), q, None)
+    with pytest.raises(ValueError, match="'tiled' cannot run this layer: it has no attention dropout"):
+        choose("tiled", Batch.padded(S), q, None, dropout_p=0.1)
+    with pytest.raises(ValueError, match="'flash' is unknown"):
+        choose("flash", Batch.padded(S), q, None)
+
+
+def test_local_backend_costs_the_window_not_the_length():
+    """The blocked scores grow linearly with S: 3 * (window // 2) keys per query."""
+    key_masks = [backends.local_key_mask(None, n, 128).shape for n in (512, 4096)]
+    assert [m[-1] * m[-2] * m[-3] for m in key_masks] == [512 * 192, 4096 * 192]
