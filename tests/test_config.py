@@ -1,7 +1,10 @@
 """ModernBertConfig: the three sizes, validation of every field, and the round trip through
 transformers' ModernBertConfig (config.json)."""
 
+import copy
 import math
+import pickle
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 import transformers as tf
@@ -153,3 +156,206 @@ def test_a_config_json_of_another_model_is_refused(change, message):
 def test_overrides_when_reading():
     config = ModernBertConfig.from_hf_dict(ODD.to_hf_dict(), attention_backend="eager")
     assert config.attention_backend == "eager" and config.hidden_size == 96
+
+
+# ----------------------------------------------------------------------------- frozen
+def test_a_config_cannot_change_after_it_is_made():
+    config = ModernBertConfig.mini()
+    with pytest.raises(FrozenInstanceError, match=r"cannot set local_attention=32\. The model's layers "
+                                                  r"were built from it.*dataclasses\.replace"):
+        config.local_attention = 32
+    with pytest.raises(FrozenInstanceError, match="cannot delete hidden_size"):
+        del config.hidden_size
+    assert config.local_attention == 128
+    changed = replace(config, local_attention=32)  # the way to change one: a new config
+    assert changed.local_attention == 32 and config.local_attention == 128
+    with pytest.raises(ValueError, match="local_attention=31"):
+        replace(config, local_attention=31)  # validated again
+    assert hash(config) == hash(ModernBertConfig.mini())  # frozen, so usable as a key
+    assert copy.deepcopy(config) == config and pickle.loads(pickle.dumps(config)) == config
+
+
+# ----------------------------------------------------------------------------- labels
+def test_label_names():
+    config = ModernBertConfig(id2label={"1": "pos", "0": "neg"}, problem_type="regression")
+    assert config.id2label == {0: "neg", 1: "pos"} and list(config.id2label) == [0, 1]
+    assert config.label2id == {"neg": 0, "pos": 1} and config.num_labels == 2
+    assert ModernBertConfig().id2label is None and ModernBertConfig().num_labels is None
+    names = {0: "a"}
+    config = ModernBertConfig(id2label=names)
+    names[1] = "b"  # the config keeps its own copy
+    assert config.id2label == {0: "a"}
+
+
+@pytest.mark.parametrize("id2label,what", [
+    ({}, "non-empty dict"),
+    (["a", "b"], "non-empty dict"),
+    ({0: "a", 2: "b"}, "ids 0 .. 1"),
+    ({"x": "a"}, "label ids 0, 1"),
+    ({0: "a", 1: 7}, "must be strings"),
+    ({0: "a", 1: "a"}, "different from each other"),
+])
+def test_bad_label_names(id2label, what):
+    with pytest.raises(ValueError, match=rf"ModernBertConfig\.id2label=.*{what}"):
+        ModernBertConfig(id2label=id2label)
+
+
+def test_bad_problem_type_and_extras():
+    with pytest.raises(ValueError, match=r"problem_type='multi'.*single_label_classification"):
+        ModernBertConfig(problem_type="multi")
+    with pytest.raises(ValueError, match=r"hf_extras=.*\['hidden_size', 'sliding_window'\].*set the field"):
+        ModernBertConfig(hf_extras={"hidden_size": 3, "sliding_window": 4})
+    with pytest.raises(ValueError, match=r"hf_extras=.*what config.json can"):
+        ModernBertConfig(hf_extras={"when": object()})
+
+
+# ----------------------------------------------------------------------------- nothing lost
+def everything_set_hf_config() -> tf.ModernBertConfig:
+    """A transformers config with every field away from its default where the model allows it."""
+    return tf.ModernBertConfig(**ODD.to_hf_dict("ModernBertForSequenceClassification"),
+                               id2label={0: "no", 1: "maybe", 2: "yes"},
+                               problem_type="single_label_classification",
+                               deterministic_flash_attn=True, output_hidden_states=True,
+                               return_dict=False, chunk_size_feed_forward=8, dtype="bfloat16")
+
+
+def test_transformers_to_ours_to_transformers_loses_nothing():
+    theirs = everything_set_hf_config().to_dict()
+    ours = ModernBertConfig.from_hf_dict(theirs)
+    assert ours.id2label == {0: "no", 1: "maybe", 2: "yes"}
+    assert ours.problem_type == "single_label_classification"
+    assert ours.hf_extras["deterministic_flash_attn"] is True
+    back = tf.ModernBertConfig(**ours.to_hf_dict("ModernBertForSequenceClassification")).to_dict()
+    written_by_save = {"dtype"}  # save_pretrained writes it from the weights (test_hub)
+    lost = {k: (v, back.get(k)) for k, v in theirs.items() if k not in written_by_save and back.get(k) != v}
+    # transformers 5 writes label2id null and inverts id2label when read; we write the inverse
+    assert lost == {"label2id": (None, {"no": 0, "maybe": 1, "yes": 2})}
+    assert ModernBertConfig.from_hf_dict(back) == ours
+
+
+def test_ours_to_transformers_to_ours_loses_nothing():
+    ours = replace(ODD, id2label={0: "a", 1: "b"}, problem_type="regression",
+                   hf_extras={"my_note": "kept", "reference_compile": False})
+    theirs = tf.ModernBertConfig(**ours.to_hf_dict())
+    assert theirs.id2label == {0: "a", 1: "b"} and theirs.problem_type == "regression"
+    assert theirs.my_note == "kept"
+    again = ModernBertConfig.from_hf_dict(theirs.to_dict())
+    assert again == ours and again.hf_extras["my_note"] == "kept"
+
+
+def test_every_key_of_a_transformers_config_is_read_refused_or_kept():
+    """Each key transformers writes: changing it changes our config, is refused, or is written back."""
+    base = tf.ModernBertConfig(num_hidden_layers=6).to_dict()
+    ours = ModernBertConfig.from_hf_dict(base)
+    for key, value in base.items():
+        if key in ours.hf_extras:
+            assert ours.to_hf_dict()[key] == value, key
+            continue
+        changed = {**base, key: _another_value(key, value)}
+        try:
+            other = ModernBertConfig.from_hf_dict(changed)
+        except ValueError as error:
+            assert key in str(error) or key in ("layer_types", "rope_parameters"), (key, error)
+            continue
+        assert other != ours or key in ("architectures", "dtype"), key  # save_pretrained writes them
+
+
+def _another_value(key, value):
+    if key == "layer_types":
+        return ["full_attention", "sliding_attention"] * 3
+    if key == "rope_parameters":
+        return {kind: {**params, "rope_theta": 77.0} for kind, params in value.items()}
+    if key == "id2label":
+        return {"0": "x", "1": "y"}
+    if key == "label2id":
+        return {name: 1 - i for name, i in value.items()}
+    if key == "problem_type":
+        return "regression"
+    if key in ("architectures",):
+        return ["ModernBertModel"]
+    if key == "dtype":
+        return "bfloat16"
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 2 if key != "local_attention" else value // 2
+    if isinstance(value, float):
+        return value / 2 if value else 0.25
+    if isinstance(value, str):
+        return {"classifier_pooling": "mean", "model_type": "bert"}.get(key, value + "x")
+    return value
+
+
+# ----------------------------------------------------------------------------- sliding_window, rope_scaling
+def test_sliding_window_is_half_of_local_attention():
+    """transformers: `sliding_window` is a property, local_attention // 2, never written by
+    to_dict; a config.json that has one sets local_attention = 2 * sliding_window."""
+    hf = {k: v for k, v in ODD.to_hf_dict().items() if k != "local_attention"}
+    for half in (4, 32):
+        assert ModernBertConfig.from_hf_dict({**hf, "sliding_window": half}).local_attention == \
+               tf.ModernBertConfig(**hf, sliding_window=half).local_attention == 2 * half
+    agreeing = {**ODD.to_hf_dict(), "sliding_window": ODD.local_attention // 2}
+    assert ModernBertConfig.from_hf_dict(agreeing) == ODD
+    with pytest.raises(ValueError, match=r"sliding_window=16 disagrees with local_attention=16.*"
+                                         r"must be local_attention // 2 = 8"):
+        ModernBertConfig.from_hf_dict({**ODD.to_hf_dict(), "sliding_window": 16})
+    with pytest.raises(ValueError, match="sliding_window=0 is invalid"):
+        ModernBertConfig.from_hf_dict({**hf, "sliding_window": 0})
+
+
+@pytest.mark.parametrize("rope_scaling", [None, {"rope_type": "default"}, {"type": "default"}])
+def test_unscaled_rope_scaling_is_accepted(rope_scaling):
+    assert ModernBertConfig.from_hf_dict({**ODD.to_hf_dict(), "rope_scaling": rope_scaling}) == ODD
+
+
+@pytest.mark.parametrize("rope_scaling", [
+    {"rope_type": "linear", "factor": 2.0}, {"type": "yarn", "factor": 4.0},
+    {"rope_type": "default", "rope_theta": 5.0}, "linear"])
+def test_scaled_rope_is_refused(rope_scaling):
+    with pytest.raises(ValueError, match=r"rope_scaling=.* is not supported"):
+        ModernBertConfig.from_hf_dict({**ODD.to_hf_dict(), "rope_scaling": rope_scaling})
+
+
+@pytest.mark.parametrize("rope_parameters,message", [
+    ({"rope_type": "default", "rope_theta": 5.0}, "must map"),
+    ({"full_attention": {"rope_type": "default", "rope_theta": 5.0, "factor": 2.0}}, r"has \['factor'\]"),
+])
+def test_rope_parameters_of_another_shape_are_refused(rope_parameters, message):
+    with pytest.raises(ValueError, match=message):
+        ModernBertConfig.from_hf_dict({**ODD.to_hf_dict(), "rope_parameters": rope_parameters})
+
+
+def test_label_keys_of_a_config_json():
+    hf = ODD.to_hf_dict()
+    named = ModernBertConfig.from_hf_dict({**hf, "id2label": {"0": "a", "1": "b"}, "label2id": None})
+    assert named.id2label == {0: "a", 1: "b"}  # transformers 5 writes label2id null
+    assert ModernBertConfig.from_hf_dict({**hf, "label2id": {"a": 0, "b": 1}}).id2label == {0: "a", 1: "b"}
+    assert ModernBertConfig.from_hf_dict({**hf, "id2label": {"0": "LABEL_0", "1": "LABEL_1"}}).id2label is None
+    with pytest.raises(ValueError, match="label2id=.* is not the inverse of id2label"):
+        ModernBertConfig.from_hf_dict({**hf, "id2label": {"0": "a", "1": "b"}, "label2id": {"a": 1, "b": 0}})
+    with pytest.raises(ValueError, match="num_labels=3 disagrees with id2label"):
+        ModernBertConfig.from_hf_dict({**hf, "id2label": {"0": "a", "1": "b"}, "num_labels": 3})
+
+
+def test_a_published_transformers_4_config_reads_and_keeps_its_extra_keys():
+    """answerdotai/ModernBERT-base's config.json as published (written by transformers 4.47)."""
+    published = {
+        "architectures": ["ModernBertForMaskedLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 50281, "classifier_activation": "gelu", "classifier_bias": False,
+        "classifier_dropout": 0.0, "classifier_pooling": "mean", "cls_token_id": 50281,
+        "decoder_bias": True, "deterministic_flash_attn": False, "embedding_dropout": 0.0,
+        "eos_token_id": 50282, "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0,
+        "gradient_checkpointing": False, "hidden_activation": "gelu", "hidden_size": 768,
+        "initializer_cutoff_factor": 2.0, "initializer_range": 0.02, "intermediate_size": 1152,
+        "layer_norm_eps": 1e-05, "local_attention": 128, "local_rope_theta": 10000.0,
+        "max_position_embeddings": 8192, "mlp_bias": False, "mlp_dropout": 0.0,
+        "model_type": "modernbert", "norm_bias": False, "norm_eps": 1e-05, "num_attention_heads": 12,
+        "num_hidden_layers": 22, "pad_token_id": 50283, "position_embedding_type": "absolute",
+        "sep_token_id": 50282, "tie_word_embeddings": True, "torch_dtype": "float32",
+        "transformers_version": "4.47.0.dev0", "vocab_size": 50368}
+    config = ModernBertConfig.from_hf_dict(published)
+    assert config == ModernBertConfig.base(classifier_pooling="mean", mask_token_id=None)
+    written = config.to_hf_dict("ModernBertForMaskedLM")
+    for key, value in published.items():
+        if key != "torch_dtype":  # save_pretrained writes it from the weights
+            assert written[key] == value, key
