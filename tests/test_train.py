@@ -1,0 +1,171 @@
+"""The pretraining loop on a tiny model: exact resume, two gloo processes against one, the output
+directory in transformers, the loss normalisation against sequences run one at a time."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modernbert_mini import ModernBertConfig, ModernBertForMaskedLM
+from modernbert_mini.data import corpus_texts
+from modernbert_mini.mlm import PackedLoader, fill_mask, mask_tokens, tokenize_documents
+from modernbert_mini.model import IGNORE_INDEX
+from modernbert_mini.tokenizer import MASK_ID, load_tokenizer, save_tokenizer, train_tokenizer
+from modernbert_mini.train import (LOG_FILE, PLOT_FILE, TrainConfig, masked_loss_sum, parse_args,
+                                   shard, train)
+
+TINY = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+            local_attention=16)  # layer 0 global, 1 and 2 local with a window the sequences exceed
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tokenizer")
+    save_tokenizer(train_tokenizer(corpus_texts("train")[:8], vocab_size=320), directory)
+    return directory
+
+
+def tiny_config(tokenizer_dir, out_dir, **changes) -> TrainConfig:
+    settings = dict(out_dir=str(out_dir), tokenizer=str(tokenizer_dir), model_overrides=TINY,
+                    max_len=64, max_docs=8, val_docs=2, batch_tokens=384, batch_warmup_start=192,
+                    batch_warmup_tokens=1500, lr=3e-3, max_steps=8, warmup_steps=2, decay_steps=3,
+                    eval_every=4, eval_tokens=512, save_every=4, progress=False, seed=5)
+    return TrainConfig(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tokenizer_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return out, train(tiny_config(tokenizer_dir, out))
+
+
+def test_run_writes_model_tokenizer_curve_and_log(uninterrupted):
+    out, log = uninterrupted
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 PLOT_FILE, LOG_FILE, "checkpoint-4", "checkpoint-8"):
+        assert (out / name).exists(), name
+    assert json.loads((out / LOG_FILE).read_text())["steps"] == 8
+    evals = log["history"]["eval"]
+    assert [e["step"] for e in evals] == [0, 4, 8]
+    assert evals[-1]["loss"] < evals[0]["loss"]  # it learns
+    tokens = [row["tokens"] for row in log["history"]["train"]]
+    assert tokens[0] <= 192 and max(tokens) > 192  # batch-size warmup: the budget grows
+    lrs = [row["lr"] for row in log["history"]["train"]]
+    assert lrs[0] == pytest.approx(1.5e-3) and lrs[2] == pytest.approx(3e-3)  # warmup of 2 steps
+    assert all(row["grad_norm"] is not None for row in log["history"]["train"])
+
+
+def test_resume_gives_the_same_losses_bit_for_bit(uninterrupted, tokenizer_dir, tmp_path):
+    out, full = uninterrupted
+    first = train(tiny_config(tokenizer_dir, tmp_path, stop_after=3, save_every=100))
+    assert first["steps"] == 3 and (tmp_path / "checkpoint-3").is_dir()
+    assert not (tmp_path / "model.safetensors").exists()  # not finished: no final export
+    state = torch.load(tmp_path / "checkpoint-3" / "training_state.pt", weights_only=True)
+    assert state["step"] == 3 and state["loader"]["position"] > 0
+    resumed = train(tiny_config(tokenizer_dir, tmp_path, resume=True, save_every=100))
+    assert resumed["resumed_from"].endswith("checkpoint-3")
+    losses = [row["loss"] for row in resumed["history"]["train"]]
+    assert losses == [row["loss"] for row in full["history"]["train"]]  # exactly equal floats
+    assert [e["loss"] for e in resumed["history"]["eval"]] == [e["loss"] for e in full["history"]["eval"]]
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_gloo_processes_stay_in_sync_and_match_one(uninterrupted, tokenizer_dir, tmp_path):
+    out, single = uninterrupted
+    cfg = tiny_config(tokenizer_dir, tmp_path)
+    args = [f"--out-dir={tmp_path}", f"--tokenizer={tokenizer_dir}",
+            f"--model-overrides={json.dumps(TINY)}"]
+    for name in ("max_len", "max_docs", "val_docs", "batch_tokens", "batch_warmup_start",
+                 "batch_warmup_tokens", "lr", "max_steps", "warmup_steps", "decay_steps",
+                 "eval_every", "eval_tokens", "save_every", "seed"):
+        args.append(f"--{name.replace('_', '-')}={getattr(cfg, name)}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", "-m", "modernbert_mini.train", *args,
+                             "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = json.loads((tmp_path / LOG_FILE).read_text())
+    assert log["world_size"] == 2
+    assert log["params_max_diff_across_ranks"] == 0.0  # the two ranks hold the same weights
+    ddp_losses = [row["loss"] for row in log["history"]["train"]]
+    one_losses = [row["loss"] for row in single["history"]["train"]]
+    assert ddp_losses == pytest.approx(one_losses, rel=1e-5)  # same global batch, same steps
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_output_loads_in_transformers_with_the_same_predictions(uninterrupted):
+    transformers = pytest.importorskip("transformers")
+    out, _ = uninterrupted
+    hf_model = transformers.AutoModelForMaskedLM.from_pretrained(out).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert isinstance(hf_tokenizer, transformers.PreTrainedTokenizerFast)
+    ours = ModernBertForMaskedLM.from_pretrained(out)
+    tokenizer = load_tokenizer(out)
+    text = "def f(x):\n    return [MASK] + 1"
+    ids = tokenizer.encode(text).ids
+    assert hf_tokenizer(text)["input_ids"] == ids
+    with torch.no_grad():
+        expected = hf_model(torch.tensor([ids])).logits
+        got = ours(torch.tensor([ids])).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    pipe = transformers.pipeline("fill-mask", model=hf_model, tokenizer=hf_tokenizer, device="cpu")
+    hf_guesses = [(g["token_str"], g["score"]) for g in pipe(text, top_k=3)]
+    our_guesses = fill_mask(ours, tokenizer, text, top_k=3)[0]
+    assert [t for t, _ in our_guesses] == [t for t, _ in hf_guesses]
+    assert [p for _, p in our_guesses] == pytest.approx([p for _, p in hf_guesses], abs=1e-3)
+
+
+def test_packed_loss_is_the_loss_of_the_sequences_one_by_one(tokenizer_dir):
+    """Packing changes nothing: no document sees another, and the loss sums match."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    config = ModernBertConfig.mini(vocab_size=320, sparse_prediction=True, **TINY)
+    torch.manual_seed(0)
+    model = ModernBertForMaskedLM(config).eval()
+    seqs = tokenize_documents(corpus_texts("train")[:3], tokenizer, max_len=64)
+    batch = PackedLoader(seqs, shuffle=False).next_batch(300)
+    inputs, labels = mask_tokens(batch.input_ids, mask_id=MASK_ID, vocab_size=320,
+                                 special_ids=range(5), generator=torch.Generator().manual_seed(0))
+    n = int((labels != IGNORE_INDEX).sum())
+    with torch.no_grad():
+        packed, _ = masked_loss_sum(model, inputs, labels, batch, n, torch.device("cpu"))
+        alone = 0.0
+        for a, b in zip(batch.cu_seqlens[:-1].tolist(), batch.cu_seqlens[1:].tolist()):
+            out = model(inputs[a:b][None], labels=labels[a:b][None])  # (1, L): one document
+            alone += out.loss * int((labels[a:b] != IGNORE_INDEX).sum())
+    assert batch.num_sequences >= 3
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-4)
+
+
+def test_shard_splits_sequences_by_tokens(tokenizer_dir):
+    tokenizer = load_tokenizer(tokenizer_dir)
+    seqs = tokenize_documents(corpus_texts("train")[:4], tokenizer, max_len=64)
+    batch = PackedLoader(seqs, seed=0).next_batch(1000)
+    for world in (1, 2, 3):
+        parts = [shard(batch, r, world) for r in range(world)]
+        assert parts[0][0] == 0 and parts[-1][1] == batch.num_sequences
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(parts, parts[1:]))
+        sizes = [int(batch.cu_seqlens[b] - batch.cu_seqlens[a]) for a, b in parts]
+        assert max(sizes) - min(sizes) <= 2 * 64  # balanced to within a sequence or two
+    with pytest.raises(ValueError, match="cannot be shared"):
+        shard(batch.select(0, 1), 0, 2)
+
+
+def test_cli_and_bad_settings():
+    cfg = parse_args(["--max-steps=7", "--no-sparse-prediction", "--betas", "0.8", "0.9",
+                      '--model-overrides={"num_hidden_layers": 2}', "--max-docs=3"])
+    assert cfg.max_steps == 7 and cfg.sparse_prediction is False and cfg.betas == (0.8, 0.9)
+    assert cfg.model_overrides == {"num_hidden_layers": 2} and cfg.max_docs == 3
+    with pytest.raises(ValueError, match="batch_tokens"):
+        TrainConfig(batch_tokens=100, max_len=512)
+    with pytest.raises(ValueError, match="model_size"):
+        TrainConfig(model_size="huge")
+    with pytest.raises(ValueError, match="stop_after"):
+        TrainConfig(max_steps=5, stop_after=6)
