@@ -82,17 +82,18 @@ class TokenClassifierOutput(_Output):
 
 
 # ----------------------------------------------------------------------------- inputs
-def check(condition: torch.Tensor, message) -> None:
-    """A ValueError(message()) where `condition` is False, with no device-to-host sync.
+def check(condition: torch.Tensor, message: str, detail=None) -> None:
+    """A ValueError where `condition` is False, with no device-to-host sync.
 
-    On the CPU (where reading a value costs nothing) it is checked at once; on a GPU, and while
-    torch.compile traces, it becomes an asynchronous device assert that fails the next sync.
+    On the CPU (where reading a value costs nothing) it is checked at once, and `detail()` may
+    name the offending value; on a GPU, and while torch.compile traces, it is an asynchronous
+    device assert with `message`, which fails at the next sync.
     """
     if condition.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(condition):
-            raise ValueError(message())
+            raise ValueError(detail() if detail else message)
     else:
-        torch._assert_async(condition, message())
+        torch._assert_async(condition, message)
 
 
 def validate_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -118,8 +119,7 @@ def validate_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
                 f"in [0, {config.vocab_size}) (vocab_size={config.vocab_size})")
 
     check(((input_ids >= 0) & (input_ids < config.vocab_size)).all(),
-          outside if input_ids.device.type == "cpu" else
-          lambda: f"token ids must be in [0, {config.vocab_size}) (vocab_size={config.vocab_size})")
+          f"token ids must be in [0, {config.vocab_size}) (vocab_size={config.vocab_size})", outside)
     if attention_mask is None:
         return
     if packed:
@@ -130,7 +130,7 @@ def validate_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
         raise ValueError(f"attention_mask must be bool or integer 0/1, got dtype {attention_mask.dtype}")
     check(((attention_mask == 0) | (attention_mask == 1)).all(),
-          lambda: "attention_mask must hold only 0 (padding) and 1 (token)")
+          "attention_mask must hold only 0 (padding) and 1 (token)")
 
 
 def layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,

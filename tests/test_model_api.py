@@ -1,0 +1,70 @@
+"""What a user of the models relies on beyond the numbers: token classification (against the
+reference), outputs by index, return_dict, gradient checkpointing, dropout in train vs eval."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import modernbert_mini as mm
+from test_model_reference import TOL, make_batch, max_abs_diff, ours_like, reference, tiny_config
+
+CONFIG = tiny_config(num_hidden_layers=4, global_attn_every_n_layers=2)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_token_classification_equals_reference(backend):
+    ref = reference("ModernBertForTokenClassification", CONFIG, backend, num_labels=5)
+    ours = ours_like(mm.ModernBertForTokenClassification, ref, CONFIG, backend, num_labels=5)
+    ids, mask = make_batch(CONFIG, [3, 11, 20])
+    labels = torch.where(mask.bool(), ids % 5, -100)
+    with torch.no_grad():
+        r, o = ref(ids, attention_mask=mask, labels=labels), ours(ids, mask, labels=labels)
+    assert max_abs_diff(o.logits, r.logits, mask) < TOL
+    assert abs(o.loss.item() - r.loss.item()) < TOL
+
+
+def test_outputs_index_like_transformers():
+    torch.manual_seed(0)
+    model = mm.ModernBertForMaskedLM(CONFIG).eval()
+    ids, mask = make_batch(CONFIG, [5, 9])
+    labels = torch.where(mask.bool(), ids, -100)
+    with torch.no_grad():
+        out = model(ids, mask, labels=labels)
+        as_tuple = model(ids, mask, labels=labels, return_dict=False)
+        no_labels = model(ids, mask)
+    assert out[0] is out.loss and out[1] is out.logits and len(out.to_tuple()) == 2
+    assert torch.equal(as_tuple[1], out.logits) and len(as_tuple) == 2
+    assert no_labels[0] is no_labels.logits  # unset fields are skipped, as in transformers
+    loss, logits = out
+    assert loss is out.loss
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = mm.ModernBertForMaskedLM(CONFIG).train()
+    ids, mask = make_batch(CONFIG, [7, 16])
+    labels = torch.where(mask.bool(), ids, -100)
+    model(ids, mask, labels=labels).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model.model.gradient_checkpointing_enable()
+    model(ids, mask, labels=labels).loss.backward()
+    for name, p in model.named_parameters():
+        assert max_abs_diff(p.grad, expected[name]) < 1e-6, name
+
+
+@pytest.mark.parametrize("field", ["embedding_dropout", "attention_dropout", "mlp_dropout"])
+def test_dropout_acts_in_train_mode_only(field):
+    """Each dropout of the config changes the training forward and leaves eval alone."""
+    torch.manual_seed(0)
+    config = replace(CONFIG, **{field: 0.5})
+    model = mm.ModernBertModel(config)
+    plain = mm.ModernBertModel(CONFIG)
+    plain.load_state_dict(model.state_dict())
+    ids, mask = make_batch(CONFIG, [12, 20])
+    with torch.no_grad():
+        expected = plain.eval()(ids, mask).last_hidden_state
+        assert max_abs_diff(model.eval()(ids, mask).last_hidden_state, expected, mask) == 0
+        torch.manual_seed(1)
+        assert max_abs_diff(model.train()(ids, mask).last_hidden_state, expected, mask) > 1e-3
