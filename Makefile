@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: book test notebooks browser clean
+.PHONY: book test notebooks browser clean bench
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP) browser
 ## make notebooks: re-execute every chapter in place (after changing a chapter or a module)
 notebooks: $(STAMP)
 	$(PY) tools/run_notebooks.py chapters/*.ipynb
+
+## make bench: modernbert_mini against transformers' ModernBERT, same weights, one process (out/bench/)
+bench: $(STAMP)
+	$(PY) -m modernbert_mini.bench --out out/bench
 
 ## headless Chromium for the browser test, from Debian's packages
 browser:
