@@ -211,7 +211,9 @@ class ModernBertConfig:
 
         Written in transformers 5's spelling (`layer_types`, `rope_parameters`) and in the older
         one (`global_attn_every_n_layers`, `global_rope_theta`, `local_rope_theta`) too, so that
-        transformers 4.48+ reads the same model.
+        transformers 4.48+ reads the same model. The label names (id2label and label2id) and
+        problem_type when set, and the kept `hf_extras`, are written too; the weights' dtype is
+        save_pretrained's to write.
         """
         layer_types = ["full_attention" if self.is_global_layer(i) else "sliding_attention"
                        for i in range(self.num_hidden_layers)]

@@ -18,8 +18,8 @@ Loading is strict by default: a missing, unexpected or misshapen key is a ValueE
 them. `strict=False` is for changing heads, e.g. the published MLM checkpoint into a classifier
 (its `head.*` is reused, `decoder.*` is dropped, the classifier starts fresh) or into a bare
 encoder; the encoder itself must still be complete, and what was skipped is reported in a warning.
-The keys a checkpoint lacks get the package's initialisation (`model.init_weights`), and nothing
-else is initialised. Only safetensors are read: a pickle file can run code when loaded.
+The keys a checkpoint lacks get the package's initialisation (model.py's `init_weights`), and
+nothing else is initialised. Only safetensors are read: a pickle file can run code when loaded.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def resolve_dtype(dtype: torch.dtype | str | None, hf: dict) -> torch.dtype:
 
 # ----------------------------------------------------------------------------- the mixin
 class HubMixin:
-    """from_pretrained / save_pretrained, for the encoder and both models with a head."""
+    """from_pretrained / save_pretrained, for the encoder and every model with a head."""
 
     hf_architecture: str  # the transformers class name written into config.json
     encoder_prefix: str  # "" for the bare encoder, "model." inside a model with a head
