@@ -107,10 +107,13 @@ def blocked_local_attention(q, k, v, window: int, key_mask: torch.Tensor | None 
     nb = math.ceil(S / b)
     if key_mask is None:
         key_mask = local_key_mask(None, S, window, q.device)
-    q = F.pad(q, (0, 0, 0, nb * b - S)).unflatten(2, (nb, b))  # (B, nh, nb, b, hd)
-    out = F.scaled_dot_product_attention(q, _neighbours(k, b, nb), _neighbours(v, b, nb),
-                                         attn_mask=key_mask, dropout_p=dropout_p, scale=hd ** -0.5)
-    return out.flatten(2, 3)[:, :, :S]  # (B, nh, S, hd)
+    # four dimensions, (B, nh * nb, ...), so that PyTorch takes its fused kernel, not the math one
+    q = F.pad(q, (0, 0, 0, nb * b - S)).reshape(B, nh * nb, b, hd)  # (B, nh * nb, b, hd)
+    k, v = (_neighbours(x, b, nb).reshape(B, nh * nb, 3 * b, hd) for x in (k, v))
+    mask = key_mask.expand(-1, nh, -1, -1, -1).reshape(key_mask.shape[0], nh * nb, b, 3 * b)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                         scale=hd ** -0.5)
+    return out.view(B, nh, nb * b, hd)[:, :, :S]  # (B, nh, S, hd)
 
 
 def _neighbours(x: torch.Tensor, b: int, nb: int, fill: float = 0.0) -> torch.Tensor:
