@@ -155,9 +155,7 @@ def layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
         return Batch.padded(S, device=input_ids.device)
     if torch.compiler.is_compiling():
         return Batch.padded(S, attention_mask.bool())
-    if bool(attention_mask.bool().all()):
-        return Batch.padded(S, device=input_ids.device)
-    return Batch.unpad(attention_mask)
+    return Batch.from_mask(attention_mask)  # one copy of the row lengths to the host
 
 
 # ----------------------------------------------------------------------------- pieces

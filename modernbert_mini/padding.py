@@ -61,17 +61,28 @@ class Batch:
         left-padded row starts past 0; RoPE only sees distances, so nothing else changes).
         """
         mask = attention_mask.bool()  # (B, S)
-        B, S = mask.shape
-        lengths = mask.sum(dim=1)  # (B,)
-        seqlens = tuple(lengths.tolist())  # the one device-to-host copy
+        return cls._unpad(mask, tuple(mask.sum(dim=1).tolist()))  # the one device-to-host copy
+
+    @classmethod
+    def from_mask(cls, attention_mask: torch.Tensor) -> Batch:
+        """Unpadded if the mask has any padding, else padded with no mask at all."""
+        mask = attention_mask.bool()  # (B, S)
+        seqlens = tuple(mask.sum(dim=1).tolist())  # the one device-to-host copy
+        if all(n == mask.shape[1] for n in seqlens):
+            return cls.padded(mask.shape[1], device=mask.device)
+        return cls._unpad(mask, seqlens)
+
+    @classmethod
+    def _unpad(cls, mask: torch.Tensor, seqlens: tuple[int, ...]) -> Batch:
         empty = [row for row, n in enumerate(seqlens) if n == 0]
         if empty:
             raise ValueError(f"attention_mask rows {empty} have no tokens (all 0): every row "
                              "needs at least one real token")
-        total = sum(seqlens)
         # the real tokens' flat places, in order: a stable sort puts the True entries first
-        indices = torch.argsort((~mask).flatten().to(torch.uint8), stable=True)[:total]  # (T,)
-        return cls._unpadded(indices, lengths, seqlens, (B, S))
+        order = torch.argsort((~mask).flatten().to(torch.uint8), stable=True)
+        indices = order[:sum(seqlens)]  # (T,)
+        lengths = torch.tensor(seqlens, device=mask.device)
+        return cls._unpadded(indices, lengths, seqlens, tuple(mask.shape))
 
     @classmethod
     def packed(cls, cu_seqlens: torch.Tensor, max_seqlen: int | None = None) -> Batch:
