@@ -239,7 +239,19 @@ def init_weights(model: nn.Module, config: ModernBertConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- the models
-class ModernBertModel(HubMixin, nn.Module):
+class PreTrainedModel(HubMixin, nn.Module):
+    """What every model here shares: loading and saving (hub.py), and where its weights are."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+class ModernBertModel(PreTrainedModel):
     """The encoder: input_ids (B, S) -> last_hidden_state (B, S, H)."""
 
     hf_architecture = "ModernBertModel"
@@ -325,7 +337,7 @@ def align_labels(labels: torch.Tensor | None, batch: Batch,
     return unpad(labels, batch)
 
 
-class ModernBertForMaskedLM(HubMixin, nn.Module):
+class ModernBertForMaskedLM(PreTrainedModel):
     """The encoder plus the masked-language-model head: logits over the vocab at each position."""
 
     hf_architecture = "ModernBertForMaskedLM"
@@ -384,7 +396,7 @@ def pool(x: torch.Tensor, batch: Batch, how: str) -> torch.Tensor:
     return (x * weights).sum(dim=1) / weights.sum(dim=1)
 
 
-class _Classifier(HubMixin, nn.Module):
+class _Classifier(PreTrainedModel):
     """The encoder, the dense/GELU/LayerNorm head, dropout and a classifier over num_labels."""
 
     encoder_prefix = "model."

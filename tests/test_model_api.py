@@ -68,3 +68,9 @@ def test_dropout_acts_in_train_mode_only(field):
         assert max_abs_diff(model.eval()(ids, mask).last_hidden_state, expected, mask) == 0
         torch.manual_seed(1)
         assert max_abs_diff(model.train()(ids, mask).last_hidden_state, expected, mask) > 1e-3
+
+
+def test_device_and_dtype():
+    model = mm.ModernBertForMaskedLM(CONFIG)
+    assert model.device == torch.device("cpu") and model.dtype == torch.float32
+    assert model.to(torch.float64).dtype == torch.float64
