@@ -36,6 +36,7 @@ Two implementations, one contract:
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -203,9 +204,8 @@ def triton_attention(q, k, v, cu_seqlens, max_seqlen, window=None, scale=None, *
     head_dim = q.shape[-1]
     if head_dim > 128:
         raise ValueError(f"triton_attention supports head dims up to 128, got {head_dim}")
-    if block_size is None:  # tiles of at most 8 KiB of q (or k, v) rows: a T4 has 64 KiB
-        row_bytes = q.element_size() * _head_block(head_dim)
-        block_size = min(64, max(16, 8192 // row_bytes))
+    if block_size is None:
+        block_size = _default_block_size(q)
     if (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16
             or block_size & (block_size - 1)):
         raise ValueError(f"block_size must be a power of two >= 16, got {block_size!r}")
@@ -223,13 +223,15 @@ class _TritonAttention(torch.autograd.Function):
         lse = torch.empty((nh, T), dtype=torch.float32, device=q.device)  # (nh, T) logsumexp
         if T > 0:
             grid = (triton.cdiv(max_seqlen, block_size), nh, len(cu_seqlens) - 1)
-            _jitted(_forward_kernel)[grid](
-                q, k, v, out, lse, cu_seqlens,
-                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                out.stride(0), out.stride(1), T, hd, scale, _half(window),
-                **_constants(q, window, block_size), num_warps=4, num_stages=2)
+            with _on_device_of(q):
+                _jitted(_forward_kernel)[grid](
+                    q, k, v, out, lse, cu_seqlens,
+                    q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                    out.stride(0), out.stride(1), T, hd, scale, _half(window),
+                    **_constants(q, window, block_size), num_warps=4, num_stages=2)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-        ctx.max_seqlen, ctx.window, ctx.scale, ctx.block_size = max_seqlen, window, scale, block_size
+        ctx.max_seqlen, ctx.window = max_seqlen, window
+        ctx.scale, ctx.block_size = scale, block_size
         return out
 
     @staticmethod
@@ -245,20 +247,33 @@ class _TritonAttention(torch.autograd.Function):
             grid = (triton.cdiv(ctx.max_seqlen, block), nh, len(cu_seqlens) - 1)
             strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
                        v.stride(1), grad_out.stride(0), grad_out.stride(1))
-            _jitted(_backward_dkdv_kernel)[grid](
-                q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens, *strides,
-                dk.stride(0), dk.stride(1), T, hd, ctx.scale, _half(window),
-                **_constants(q, window, block), num_warps=4, num_stages=1)
-            _jitted(_backward_dq_kernel)[grid](
-                q, k, v, grad_out, lse, delta, dq, cu_seqlens, *strides,
-                dq.stride(0), dq.stride(1), T, hd, ctx.scale, _half(window),
-                **_constants(q, window, block), num_warps=4, num_stages=1)
+            with _on_device_of(q):
+                _jitted(_backward_dkdv_kernel)[grid](
+                    q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens, *strides,
+                    dk.stride(0), dk.stride(1), T, hd, ctx.scale, _half(window),
+                    **_constants(q, window, block), num_warps=4, num_stages=1)
+                _jitted(_backward_dq_kernel)[grid](
+                    q, k, v, grad_out, lse, delta, dq, cu_seqlens, *strides,
+                    dq.stride(0), dq.stride(1), T, hd, ctx.scale, _half(window),
+                    **_constants(q, window, block), num_warps=4, num_stages=1)
         return dq, dk, dv, None, None, None, None, None
+
+
+def _on_device_of(x):
+    """Triton launches on the current GPU: make it the one that holds the tensors."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _half(window):
     """The reach on each side: a query sees keys at distance <= window // 2."""
     return 0 if window is None else window // 2
+
+
+def _default_block_size(q):
+    """Rows per tile: 64, or fewer so that a tile of q (or k, v) rows stays within 8 KiB and a
+    kernel's tiles fit the 64 KiB of shared memory of a T4 (checked by compiling for sm_75)."""
+    row_bytes = q.element_size() * _head_block(q.shape[-1])
+    return min(64, max(16, 8192 // row_bytes))
 
 
 def _head_block(head_dim):
@@ -284,7 +299,7 @@ def _jitted(kernel):
     in the interpreter (TRITON_INTERPRET=1); deciding at the first call follows the variable as
     it is then, not as it was when this module was imported.
     """
-    key = (kernel.__name__, os.environ.get("TRITON_INTERPRET") == "1")
+    key = (kernel.__name__, os.environ.get("TRITON_INTERPRET"))
     if key not in _JITTED:
         _JITTED[key] = triton.jit(kernel)
     return _JITTED[key]

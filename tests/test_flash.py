@@ -38,6 +38,7 @@ if HAVE_TRITON and not ON_GPU and "triton" not in sys.modules:
 
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402 (it imports triton)
 
+from modernbert_mini import flash  # noqa: E402
 from modernbert_mini.flash import tiled_attention, triton_attention, triton_supported  # noqa: E402
 
 INTERPRETER_HERE = HAVE_TRITON and not ON_GPU and (
@@ -60,7 +61,8 @@ def naive_attention(q, k, v, lengths, window=None, scale=None):
         scores = qs @ ks.transpose(1, 2) * scale  # (nh, n, n)
         if window is not None:
             i = torch.arange(n)
-            scores = scores.masked_fill((i[:, None] - i[None, :]).abs() > window // 2, float("-inf"))
+            too_far = (i[:, None] - i[None, :]).abs() > window // 2  # (n, n)
+            scores = scores.masked_fill(too_far, float("-inf"))
         outputs.append((scores.softmax(-1) @ vs).transpose(0, 1))  # (n, nh, hd)
         start += n
     return torch.cat(outputs)  # (T, nh, hd)
@@ -120,8 +122,9 @@ def test_matches_the_naive_reference(attend, window):
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
 
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-    for name, got, want in zip("qkv", grads(out, (q, k, v), grad_out), grads(ref, (q, k, v), grad_out)):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4, msg=f"d{name}")
+    want = grads(ref, (q, k, v), grad_out)
+    for name, got, expected in zip("qkv", grads(out, (q, k, v), grad_out), want):
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4, msg=f"d{name}")
 
 
 def test_the_window_is_honoured(attend):
@@ -130,7 +133,8 @@ def test_the_window_is_honoured(attend):
     local = attend(q, k, v, cu_seqlens, 40, 8)
     everything = attend(q, k, v, cu_seqlens, 40, None)
     assert (local - everything).abs().max() > 0.1
-    torch.testing.assert_close(local.double(), naive_attention(q, k, v, [40], 8), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(local.double(), naive_attention(q, k, v, [40], 8),
+                               atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("window", [None, 8])
@@ -207,15 +211,22 @@ def test_tiled_work_grows_linearly_with_a_window():
 
 
 # ----------------------------------------------------------------------------- Triton specifics
-def test_triton_other_dtypes_head_dims_scale_and_default_tile(triton_here):
-    """float16, a head dim that is not a power of two (24, padded to 32), a custom scale, and
-    the default tile (64) on a sequence that needs two of them."""
+@pytest.mark.parametrize("head_dim, tile", [(24, 64), (64, 32), (128, 16)])
+def test_triton_head_dims_scale_and_default_tiles(triton_here, head_dim, tile):
+    """Head dims 24 (padded to 32), 64 (ModernBERT's) and 128, a custom scale, and the default
+    tile, which shrinks as the rows grow (float32: 64, 32, 16 rows)."""
     lengths = [70, 9]
-    q, k, v, cu_seqlens = packed(lengths, hd=24)
+    q, k, v, cu_seqlens = packed(lengths, hd=head_dim)
+    assert flash._default_block_size(q) == tile
     out = run_triton(q, k, v, cu_seqlens, 70, 30, 0.3)
-    torch.testing.assert_close(out.double(), naive_attention(q, k, v, lengths, 30, 0.3),
-                               atol=2e-5, rtol=1e-4)
+    ref = naive_attention(q, k, v, lengths, 30, 0.3)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    for name, g, w in zip("qkv", grads(out, (q, k, v), grad_out), grads(ref, (q, k, v), grad_out)):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-4, msg=f"d{name}")
 
+
+def test_triton_float16(triton_here):
     q, k, v, cu_seqlens = packed(LENGTHS, dtype=torch.float16)
     out = run_triton(q, k, v, cu_seqlens, max(LENGTHS), 8, block_size=BLOCK)
     assert out.dtype == torch.float16
