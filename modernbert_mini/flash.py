@@ -29,9 +29,10 @@ and gets, with delta = rowsum(dO * O):
 Two implementations, one contract:
 - `tiled_attention`: the algorithm in plain PyTorch, to be read; autograd differentiates it.
 - `triton_attention`: the same algorithm as Triton kernels, forward and backward, one program
-  per (tile, head, sequence). It runs on CUDA GPUs (a T4 included) and on the CPU in Triton's
-  interpreter, with the environment variable TRITON_INTERPRET=1 set before triton is imported
-  (slow, but the same kernels: that is how the tests check them on machines without a GPU).
+  per (tile, head, sequence). It is written for CUDA GPUs, a T4 included (fp16 or fp32, tiles
+  sized for its 64 KiB of shared memory), and runs on the CPU in Triton's interpreter with the
+  environment variable TRITON_INTERPRET=1 set before triton is imported (slow, but the same
+  kernels: that is how the tests check them on machines without a GPU).
 """
 
 from __future__ import annotations
