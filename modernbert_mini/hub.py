@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -159,8 +161,8 @@ def tie_weights(model: nn.Module) -> None:
 
 def initialise_missing(model: nn.Module, missing: list[str]) -> None:
     """Give the tensors a checkpoint lacks (a new head's) real values, on a model on the meta
-    device: only they get memory, then the init runs over the whole model, which costs nothing
-    where the tensors are still on meta. Called before the checkpoint's tensors go in."""
+    device: only they get memory, then the init runs over the whole model and skips what is
+    still on meta. Called before the checkpoint's tensors go in."""
     if not missing:
         return
     from .model import init_weights  # model.py imports this module
@@ -175,10 +177,36 @@ def initialise_missing(model: nn.Module, missing: list[str]) -> None:
         else:
             module.register_buffer(name, empty)
         owners.add(module)
-    for module in owners:
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()  # PyTorch's init (LayerNorm 1, Linear ...); a no-op on meta
-    init_weights(model, model.config)  # then the package's, for the modules it initialises
+    with init_skips_meta():  # only the new tensors are initialised
+        for module in owners:
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()  # PyTorch's init (LayerNorm 1, Linear ...)
+        init_weights(model, model.config)  # then the package's, for the modules it initialises
+
+
+@contextmanager
+def init_skips_meta() -> Iterator[None]:
+    """For a moment, torch.nn.init's functions leave tensors on the meta device alone.
+
+    A model built on meta has no values to fill (transformers' `no_init_weights` does the same),
+    and on meta some of them (normal_) cost a one-off import of torch._dynamo: seconds, in a
+    fresh process. Tensors with memory are initialised as always.
+    """
+    names = [name for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")]
+    saved = {name: getattr(nn.init, name) for name in names}
+
+    def unless_meta(function):
+        def init(tensor, *args, **kwargs):
+            return tensor if tensor.is_meta else function(tensor, *args, **kwargs)
+        return init
+
+    try:
+        for name, function in saved.items():
+            setattr(nn.init, name, unless_meta(function))
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
 
 
 def meta_tensors(model: nn.Module) -> list[str]:
@@ -242,7 +270,7 @@ class HubMixin:
         # num_labels from the label names: the checkpoint's, or those passed as id2label=
         init_kwargs = {**cls.init_kwargs_from_hf({**hf, **config.to_hf_dict()}),
                        **{k: v for k, v in overrides.items() if k not in config_fields}}
-        with torch.device("meta"):  # shapes only: no memory, no random init
+        with torch.device("meta"), init_skips_meta():  # shapes only: no memory, no random init
             model = cls(config, **init_kwargs)
         _check_labels(model)
         state_dict = {key: tensor.to(dtype) if tensor.is_floating_point() else tensor

@@ -241,17 +241,25 @@ def test_the_decoder_stays_tied_to_the_embedding(tmp_path):
 
 
 def test_loading_initialises_nothing(tmp_path, monkeypatch):
-    """No random init is computed and thrown away: every init call lands on the meta device."""
-    saved_ours("ModernBertForMaskedLM", tmp_path)
-    calls = []
-    real = torch.nn.init.trunc_normal_
-
-    def spy(tensor, *args, **kwargs):
-        calls.append(tensor.is_meta)
-        return real(tensor, *args, **kwargs)
-    monkeypatch.setattr(torch.nn.init, "trunc_normal_", spy)
-    mm.ModernBertForMaskedLM.from_pretrained(tmp_path)
-    assert calls and all(calls)  # the constructor ran its init, but only on meta tensors
+    """No random init is computed and thrown away: an init runs only for what the checkpoint
+    lacks (here the new MLM head's dense, the only weight with an init of its own)."""
+    saved_ours("ModernBertModel", tmp_path / "encoder")
+    saved_ours("ModernBertForMaskedLM", tmp_path / "mlm")
+    initialised = []
+    for name in ("trunc_normal_", "normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_"):
+        def spy(tensor, *args, real=getattr(torch.nn.init, name), name=name, **kwargs):
+            initialised.append((name, tuple(tensor.shape), tensor.is_meta))
+            return real(tensor, *args, **kwargs)
+        monkeypatch.setattr(torch.nn.init, name, spy)
+    mm.ModernBertForMaskedLM.from_pretrained(tmp_path / "mlm")
+    assert initialised == []
+    with pytest.warns(UserWarning):
+        mm.ModernBertForMaskedLM.from_pretrained(tmp_path / "encoder", strict=False)
+    H = CONFIG.hidden_size
+    assert sorted(initialised) == sorted([("kaiming_uniform_", (H, H), False),  # head.dense: PyTorch's,
+                                          ("trunc_normal_", (H, H), False),  # then the package's
+                                          ("ones_", (H,), False),  # head.norm
+                                          ("uniform_", (CONFIG.vocab_size,), False)])  # decoder.bias
 
 
 def test_missing_head_gets_a_real_initialisation(tmp_path):
