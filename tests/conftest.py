@@ -1,11 +1,22 @@
 """Shared fixtures: the repository root, the table of contents, and the book built once per run."""
 
+import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+# Triton makes its own helpers (tl.max, tl.sum) for the GPU or for its CPU interpreter when it is
+# first imported. Without a GPU, import it now in interpreter mode, then put the variable back:
+# the tests of the Triton backend switch the interpreter on for themselves (TRITON_INTERPRET=1).
+if importlib.util.find_spec("triton") and not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ["TRITON_INTERPRET"] = "1"
+    import triton  # noqa: F401
+    del os.environ["TRITON_INTERPRET"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
