@@ -171,7 +171,8 @@ def initialise_missing(model: nn.Module, missing: list[str]) -> None:
     for key in missing:
         owner, _, name = key.rpartition(".")
         module = model.get_submodule(owner)
-        empty = torch.empty_like(getattr(module, name), device="cpu")  # float32, no values yet
+        meta = getattr(module, name)  # (torch.empty_like of a meta tensor imports sympy)
+        empty = torch.empty(meta.shape, dtype=meta.dtype, device="cpu")  # no values yet
         if name in module._parameters:
             setattr(module, name, nn.Parameter(empty))
         else:
