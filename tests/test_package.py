@@ -203,3 +203,35 @@ def test_num_parameters_agrees_with_transformers(class_name):
     for non_embedding in (False, True):
         assert mm.num_parameters(ours, non_embedding=non_embedding) == \
                theirs.num_parameters(exclude_embeddings=non_embedding)
+
+
+def test_fill_mask_agrees_with_transformers_pipeline(tokenizer, tmp_path):
+    """The same checkpoint and tokenizer through transformers' fill-mask pipeline."""
+    from modernbert_mini.tokenizer import save_tokenizer
+
+    model = tiny(tokenizer)
+    with torch.no_grad():
+        model.decoder.bias.normal_(0.0, 3.0)
+    model.save_pretrained(tmp_path)
+    save_tokenizer(tokenizer, tmp_path)
+    fill = tf.pipeline("fill-mask", model=str(tmp_path), tokenizer=str(tmp_path), device="cpu")
+    text = "for key, value in [MASK].items():"
+    theirs = fill(text, top_k=5)
+    ours = mm.fill_mask(model, tokenizer, text, top_k=5)[0]
+    assert [g.token_id for g in ours] == [t["token"] for t in theirs]
+    assert [g.probability for g in ours] == pytest.approx([t["score"] for t in theirs], rel=1e-4)
+
+
+def test_the_published_tokenizer_works_too():
+    """ModernBERT's own tokenizer (rebuilt offline): its [PAD] and [MASK] are 50283 and 50284."""
+    from modernbert_mini.tokenizer import modernbert_tokenizer
+
+    published = modernbert_tokenizer()
+    batch = mm.encode(published, ["Hello world", "The capital of France is [MASK]."])
+    assert batch["input_ids"][0, 0] == 50281 and batch["input_ids"][0, -1] == 50283  # [CLS] ... [PAD]
+    config = mm.ModernBertConfig.base(hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                      num_attention_heads=2)
+    torch.manual_seed(0)
+    model = mm.ModernBertForMaskedLM(config).eval()
+    (guesses,) = mm.fill_mask(model, published, "The capital of France is [MASK].", top_k=3)
+    assert len(guesses) == 3 and all(0 < g.probability < 1 for g in guesses)
