@@ -139,6 +139,7 @@ def fill_mask(model: ModernBertForMaskedLM, tokenizer: Tokenizer, text: str,
 
     Returns one list per [MASK], in the order they appear in the text. The probabilities are
     the softmax of the MLM logits at that position (in float32), over the whole vocabulary.
+    A text without [MASK], or longer than max_position_embeddings tokens, is a ValueError.
     """
     if not isinstance(model, ModernBertForMaskedLM):
         raise ValueError(f"fill_mask needs a ModernBertForMaskedLM (it reads the MLM head), "
