@@ -110,10 +110,6 @@ def encode(tokenizer: Tokenizer, texts: str | Sequence[str], max_length: int | N
 
 
 # ----------------------------------------------------------------------------- running a model
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @contextmanager
 def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode (no dropout) and no autograd for a moment; the model's mode is set back after."""
@@ -160,7 +156,7 @@ def fill_mask(model: ModernBertForMaskedLM, tokenizer: Tokenizer, text: str,
     if not positions:
         raise ValueError(f"text has no {MASK_TOKEN} token to fill: {text!r:.80}")
     with _evaluating(model):
-        device = _device(model)
+        device = model.device
         logits = model(inputs["input_ids"].to(device), inputs["attention_mask"].to(device)).logits
         probabilities = logits[0, positions].float().softmax(dim=-1)  # (M, V)
         top = probabilities.topk(top_k, dim=-1)  # sorted, largest first
@@ -190,7 +186,7 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: str | Sequence[str], ba
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # a cheap proxy for tokens
     vectors = [None] * len(texts)
     with _evaluating(encoder):
-        device = _device(encoder)
+        device = encoder.device
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             inputs = encode(tokenizer, [texts[i] for i in rows], max_length, truncation=truncation)
