@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import json
 import math
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from . import runtime
 from .config import ModernBertConfig
 from .hub import load_hf_state_dict
 from .model import ModernBertModel
@@ -178,6 +180,14 @@ def run(cases=("full", "varlen", "long"), long_layers: int = 6, repeats: int = 3
         if compile_ours and case != "long":
             compiled = torch.compile(ours, fullgraph=True)
             impls["modernbert_mini, compiled"] = lambda: compiled(ids, mask)
+        if device == "cuda" and runtime.detect().bf16:  # the GPU columns: bf16, flash-attn
+            ours16 = copy.deepcopy(ours).to(torch.bfloat16)  # "auto": flash-attn, else Triton
+            ref16 = copy.deepcopy(ref).to(torch.bfloat16)
+            impls["transformers, bf16 sdpa"] = lambda: ref16(ids, attention_mask=mask)
+            impls["modernbert_mini, bf16"] = lambda: ours16(ids, mask)
+            if runtime.detect().flash_attn:
+                ref_fa = reference_model(config, ours, "flash_attention_2", torch.bfloat16).to(device)
+                impls["transformers, bf16 flash-attn"] = lambda: ref_fa(ids, attention_mask=mask)
         with torch.inference_mode(), frozen_weights():
             compile_start = time.perf_counter()
             outputs = {name: call() for name, call in impls.items()}  # compiles, once
@@ -185,7 +195,7 @@ def run(cases=("full", "varlen", "long"), long_layers: int = 6, repeats: int = 3
             seconds = best_times(impls, repeats if case != "long" else max(1, repeats - 1))
             memory = {name: peak_memory(call) for name, call in impls.items()}
         real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
-        expected = outputs["transformers"].last_hidden_state[real]
+        expected = outputs["transformers"].last_hidden_state[real].float()
         for name in impls:
             rows.append(dict(case=case, impl=name, layers=config.num_hidden_layers,
                              shape=f"{ids.shape[0]} x {ids.shape[1]}", tokens=tokens,
@@ -194,7 +204,7 @@ def run(cases=("full", "varlen", "long"), long_layers: int = 6, repeats: int = 3
                              peak_mib=memory[name] / 2 ** 20,
                              memory_ratio=memory[name] / max(memory["transformers"], 1),
                              mfu=flops / seconds[name] / peak,
-                             max_abs_diff=(outputs[name].last_hidden_state[real] - expected)
+                             max_abs_diff=(outputs[name].last_hidden_state[real].float() - expected)
                              .abs().max().item()))
         if "modernbert_mini, compiled" in impls:
             rows[-1]["first_call_seconds"] = compile_seconds
