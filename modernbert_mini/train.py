@@ -222,24 +222,57 @@ def masked_loss_sum(model, inputs: torch.Tensor, labels: torch.Tensor, batch: Pa
     return out.loss * n_labels, out.logits  # the model's loss is the mean over its masked tokens
 
 
+def train_step(model, optimizer, batch: PackedBatch, inputs: torch.Tensor, labels: torch.Tensor,
+               d: Dist, grad_clip: float) -> tuple[float, torch.Tensor | None]:
+    """One update on this rank's share of the global batch; returns (global loss, grad norm).
+
+    The loss a rank backpropagates is its sum over masked tokens / all masked tokens of the
+    global batch, times the world size (DDP averages the gradients): so the gradient is that of
+    the mean loss over the whole global batch, however it is shared.
+    """
+    first, stop = shard(batch, d.rank, d.world)  # this rank's sequences
+    lo, hi = int(batch.cu_seqlens[first]), int(batch.cu_seqlens[stop])  # and their tokens
+    my_labels = labels[lo:hi]
+    n_mine = int((my_labels != IGNORE_INDEX).sum())
+    n_global = max(int((labels != IGNORE_INDEX).sum()), 1)
+    with autocast(d.device):
+        loss_sum, _ = masked_loss_sum(model, inputs[lo:hi], my_labels, batch.select(first, stop),
+                                      n_mine, d.device)
+    (loss_sum * (d.world / n_global)).backward()
+    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                 if grad_clip > 0 else None)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(d.all_sum(loss_sum.detach())) / n_global, grad_norm
+
+
 @torch.no_grad()
 def evaluate(model: ModernBertForMaskedLM, eval_batches, device: torch.device) -> dict:
-    """Loss and accuracy over the masked tokens of the fixed validation slice."""
+    """Loss and accuracy over the chosen tokens of the fixed validation slice.
+
+    `accuracy` counts every chosen token, including the 10% left unchanged, which a model can
+    simply copy; `mask_accuracy` counts only the tokens replaced by [MASK].
+    """
     was_training = model.training
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum, correct, count, mask_correct, mask_count = 0.0, 0, 0, 0, 0
     for batch, inputs, labels in eval_batches:
-        n = int((labels != IGNORE_INDEX).sum())
+        chosen = labels != IGNORE_INDEX
+        n = int(chosen.sum())
         with autocast(device):
             total, logits = masked_loss_sum(model, inputs, labels, batch, n, device)
-        targets = labels[labels != IGNORE_INDEX].to(device)
         if not model.config.sparse_prediction:
-            logits = logits[labels.to(device) != IGNORE_INDEX]
+            logits = logits[chosen.to(device)]
+        hits = (logits.argmax(-1).cpu() == labels[chosen])  # (n,)
+        as_mask = inputs[chosen] == model.config.mask_token_id  # (n,)
         loss_sum += float(total)
-        correct += int((logits.argmax(-1) == targets).sum())
+        correct += int(hits.sum())
         count += n
+        mask_correct += int(hits[as_mask].sum())
+        mask_count += int(as_mask.sum())
     model.train(was_training)
-    return {"loss": loss_sum / count, "accuracy": correct / count, "masked_tokens": count}
+    return {"loss": loss_sum / count, "accuracy": correct / count,
+            "mask_accuracy": mask_correct / mask_count, "masked_tokens": count}
 
 
 def eval_slice(sequences, cfg: TrainConfig, mask_args: dict) -> list:
@@ -265,7 +298,7 @@ def unigram_baseline(train_tokens: torch.Tensor, eval_batches, vocab_size: int,
     log_p = ((counts + 1) / (counts + 1).sum()).log()  # add-one smoothing
     targets = torch.cat([labels[labels != IGNORE_INDEX] for _, _, labels in eval_batches])
     return {"token_id": top, "accuracy": float((targets == top).double().mean()),
-            "loss": float(-log_p[targets].mean())}
+            "loss": float(-log_p[targets].mean())}  # the same on [MASK]ed tokens, in expectation
 
 
 def checkpoints(out_dir: Path) -> list[Path]:
@@ -354,6 +387,9 @@ def train(cfg: TrainConfig) -> dict:
         set_rng_state(torch.load(ckpt / f"rng-rank{d.rank}.pt", weights_only=True))
         log["resumed_from"] = str(ckpt)
     else:
+        if d.main:  # a fresh run: checkpoints of an earlier run in out_dir would mix with ours
+            for old in checkpoints(out_dir):
+                shutil.rmtree(old)
         log["fill_mask_before"] = {p: fill_mask(model, tokenizer, p) for p in FILL_MASK_PROMPTS}
         if d.main:
             history["eval"].append({"step": 0, **evaluate(model, eval_batches, d.device)})
@@ -393,22 +429,9 @@ def train(cfg: TrainConfig) -> dict:
         batch = loader.next_batch(budget)  # the global batch, the same on every rank
         inputs, labels = mask_tokens(batch.input_ids, **mask_args, rate=cfg.mask_rate,
                                      generator=step_generator(cfg.seed, step))
-        first, stop = shard(batch, d.rank, d.world)  # this rank's sequences
-        mine = batch.select(first, stop)
-        lo, hi = int(batch.cu_seqlens[first]), int(batch.cu_seqlens[stop])  # and tokens
-        my_inputs, my_labels = inputs[lo:hi], labels[lo:hi]
-        n_mine = int((my_labels != IGNORE_INDEX).sum())
-        n_global = int((labels != IGNORE_INDEX).sum())
-        with autocast(d.device):
-            loss_sum, _ = masked_loss_sum(ddp, my_inputs, my_labels, mine, n_mine, d.device)
-        (loss_sum * (d.world / max(n_global, 1))).backward()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                     if cfg.grad_clip > 0 else None)
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        loss, grad_norm = train_step(ddp, optimizer, batch, inputs, labels, d, cfg.grad_clip)
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss = float(d.all_sum(loss_sum.detach())) / max(n_global, 1)
         step += 1
         tokens_seen += batch.num_tokens
         train_seconds += time.perf_counter() - started

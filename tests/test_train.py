@@ -53,6 +53,7 @@ def test_run_writes_model_tokenizer_curve_and_log(uninterrupted):
     evals = log["history"]["eval"]
     assert [e["step"] for e in evals] == [0, 4, 8]
     assert evals[-1]["loss"] < evals[0]["loss"]  # it learns
+    assert 0 <= evals[-1]["mask_accuracy"] <= 1 and evals[0]["masked_tokens"] > 50
     tokens = [row["tokens"] for row in log["history"]["train"]]
     assert tokens[0] <= 192 and max(tokens) > 192  # batch-size warmup: the budget grows
     lrs = [row["lr"] for row in log["history"]["train"]]
