@@ -219,8 +219,8 @@ def init_weights(model: nn.Module, config: ModernBertConfig) -> None:
 
     std 0.02 ("in") for the token embedding, Wqkv and Wi; 0.02 / sqrt(2 * layers) ("out") for
     attention and MLP Wo and the head's dense. LayerNorm weights keep PyTorch's 1. The MLM
-    decoder shares the embedding's weight, so it keeps the embedding's init; the heads set the
-    decoder bias and the classifier themselves.
+    decoder shares the embedding's weight, so it keeps the embedding's init; its bias is 0; a
+    classifier is cut normal with std hidden ** -0.5, bias 0 (`init_output`).
     """
     std_in = config.initializer_range
     std_out = config.initializer_range / math.sqrt(2.0 * config.num_hidden_layers)
@@ -236,6 +236,18 @@ def init_weights(model: nn.Module, config: ModernBertConfig) -> None:
             trunc_normal_(module.Wo.weight, std_out, cutoff)
         elif isinstance(module, PredictionHead):
             trunc_normal_(module.dense.weight, std_out, cutoff)
+        elif isinstance(module, (ModernBertForMaskedLM, _Classifier)):
+            init_output(module, config)
+
+
+def init_output(model: nn.Module, config: ModernBertConfig) -> None:
+    """The last layer of a head: the MLM decoder's bias, or a classifier."""
+    if isinstance(model, ModernBertForMaskedLM):
+        nn.init.zeros_(model.decoder.bias)
+    else:
+        trunc_normal_(model.classifier.weight, std=config.hidden_size ** -0.5,
+                      cutoff=config.initializer_cutoff_factor)
+        nn.init.zeros_(model.classifier.bias)
 
 
 # ----------------------------------------------------------------------------- the models
@@ -352,7 +364,7 @@ class ModernBertForMaskedLM(PreTrainedModel):
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
         self.decoder.weight = self.model.embeddings.tok_embeddings.weight  # tied: one (V, H) matrix
         init_weights(self.head, config)
-        nn.init.zeros_(self.decoder.bias)
+        init_output(self, config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, *, cu_seqlens: torch.Tensor | None = None,
@@ -412,9 +424,7 @@ class _Classifier(PreTrainedModel):
         self.drop = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, num_labels, bias=True)
         init_weights(self.head, config)
-        trunc_normal_(self.classifier.weight, std=config.hidden_size ** -0.5,
-                      cutoff=config.initializer_cutoff_factor)
-        nn.init.zeros_(self.classifier.bias)
+        init_output(self, config)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., num_labels)
         return self.classifier(self.drop(self.head(x)))
@@ -448,7 +458,7 @@ class ModernBertForSequenceClassification(_Classifier):
         x, batch, hidden_states = self.model.encode(input_ids, attention_mask, cu_seqlens,
                                                     max_seqlen, position_ids, output_hidden_states)
         logits = self.classify(pool(x, batch, self.config.classifier_pooling))  # (N, num_labels)
-        loss = None if labels is None else classification_loss(logits, labels)
+        loss = None if labels is None else classification_loss(logits, labels, self.config.problem_type)
         out = SequenceClassifierOutput(loss=loss, logits=logits,
                                        hidden_states=repad_all(hidden_states, batch, cu_seqlens))
         return out if return_dict else out.to_tuple()
@@ -479,10 +489,16 @@ class ModernBertForTokenClassification(_Classifier):
         return out if return_dict else out.to_tuple()
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The loss transformers picks for a sequence classifier, from the number of labels and dtype."""
-    if logits.shape[-1] == 1:  # regression
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor,
+                        problem_type: str | None = None) -> torch.Tensor:
+    """The loss of a sequence classifier: the config's problem_type or, as transformers does
+    when it is None, the one the number of labels and the labels' dtype imply."""
+    if problem_type is None:
+        problem_type = ("regression" if logits.shape[-1] == 1 else
+                        "single_label_classification" if not labels.dtype.is_floating_point else
+                        "multi_label_classification")
+    if problem_type == "regression":
         return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
-    if not labels.dtype.is_floating_point:  # one class per sequence
+    if problem_type == "single_label_classification":  # one class per sequence
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))  # multi-label

@@ -74,3 +74,19 @@ def test_device_and_dtype():
     model = mm.ModernBertForMaskedLM(CONFIG)
     assert model.device == torch.device("cpu") and model.dtype == torch.float32
     assert model.to(torch.float64).dtype == torch.float64
+
+
+def test_problem_type_picks_the_loss():
+    """Float labels over 3 classes are multi-label unless the config says otherwise."""
+    torch.manual_seed(0)
+    ids, mask = make_batch(CONFIG, [5, 9])
+    labels = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    model = mm.ModernBertForSequenceClassification(CONFIG, num_labels=3).eval()
+    regression = mm.ModernBertForSequenceClassification(
+        replace(CONFIG, problem_type="regression"), num_labels=3).eval()
+    regression.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        logits = model(ids, mask).logits
+        multi, mse = model(ids, mask, labels=labels).loss, regression(ids, mask, labels=labels).loss
+    torch.testing.assert_close(multi, torch.nn.functional.binary_cross_entropy_with_logits(logits, labels))
+    torch.testing.assert_close(mse, torch.nn.functional.mse_loss(logits, labels))
