@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -122,6 +121,8 @@ def test_output_loads_in_transformers_with_the_same_predictions(uninterrupted):
     our_guesses = fill_mask(ours, tokenizer, text, top_k=3)[0]
     assert [t for t, _ in our_guesses] == [t for t, _ in hf_guesses]
     assert [p for _, p in our_guesses] == pytest.approx([p for _, p in hf_guesses], abs=1e-3)
+    with pytest.raises(ValueError, match="no \\[MASK\\]"):
+        fill_mask(ours, tokenizer, "nothing to fill")
 
 
 def test_packed_loss_is_the_loss_of_the_sequences_one_by_one(tokenizer_dir):
