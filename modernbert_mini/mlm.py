@@ -189,9 +189,9 @@ class PackedLoader:
     """Packed batches from `sequences`, in a new shuffled order every epoch.
 
     `next_batch(budget)` takes whole sequences, in order, while they fit in `budget` tokens
-    (so a batch holds between budget - max_len + 1 and budget tokens), ending early only at the
-    end of an epoch, so that every sequence is seen once per epoch. The order of epoch e is a
-    permutation drawn from `seed + e`, so the loader's whole state is (epoch, position).
+    (so a batch holds between budget - max_len + 1 and budget tokens); every sequence is seen
+    once per epoch. The order of epoch e is a permutation drawn from `seed + e`, so the
+    loader's whole state is (epoch, position).
     """
 
     def __init__(self, sequences: Sequences, *, seed: int = 0, shuffle: bool = True):
@@ -212,29 +212,36 @@ class PackedLoader:
         generator = torch.Generator().manual_seed(self.seed + epoch)
         return torch.randperm(len(self.sequences), generator=generator).tolist()
 
-    def next_batch(self, budget: int) -> PackedBatch:
-        if self._order is None:
-            self._order = self.order(self.epoch)
+    def next_batch(self, budget: int, *, within_epoch: bool = False) -> PackedBatch:
+        """The next sequences, in order, while they fit in `budget` tokens.
+
+        A batch runs on into the next epoch (so every batch is full); with within_epoch=True
+        it ends where the epoch ends instead.
+        """
         if budget < self.longest:
             raise ValueError(f"budget={budget} tokens is smaller than the longest sequence "
                              f"({self.longest} tokens): it must hold at least one whole sequence")
         indices, total = [], 0
-        while self.position < len(self._order):
+        while True:
+            if self._order is None:
+                self._order = self.order(self.epoch)
             i = self._order[self.position]
             if total + self.lengths[i] > budget:
                 break
             indices.append(i)
             total += self.lengths[i]
             self.position += 1
-        if self.position == len(self._order):  # the epoch is done: the next one reshuffles
-            self.epoch, self.position, self._order = self.epoch + 1, 0, None
+            if self.position == len(self._order):  # the epoch is done: the next one reshuffles
+                self.epoch, self.position, self._order = self.epoch + 1, 0, None
+                if within_epoch:
+                    break
         return collate(self.sequences, indices)
 
     def batches(self, budget: int) -> Iterator[PackedBatch]:
         """Batches until the end of the current epoch."""
         epoch = self.epoch
         while self.epoch == epoch:
-            yield self.next_batch(budget)
+            yield self.next_batch(budget, within_epoch=True)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,

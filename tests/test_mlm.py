@@ -147,6 +147,23 @@ def test_packed_batches_fill_the_budget_and_cover_the_epoch(sequences):
         loader.next_batch(64)
 
 
+def test_batches_run_on_across_epochs_and_stay_full(sequences):
+    """Without within_epoch, a batch at the end of an epoch is filled from the next one."""
+    budget = 700
+    loader = PackedLoader(sequences, seed=1)
+    order = loader.order(0) + loader.order(1)
+    consumed = []
+    while loader.epoch < 2:
+        batch = loader.next_batch(budget)
+        cu = batch.cu_seqlens.tolist()
+        consumed.extend(tuple(batch.input_ids[a:b].tolist()) for a, b in zip(cu, cu[1:]))
+        if loader.epoch < 2:  # full: the next sequence in line did not fit
+            assert batch.num_tokens + sequences.lengths[order[len(consumed)]] > budget
+    expected = [tuple(sequences[i].tolist()) for i in order]
+    assert consumed[:len(expected)] == expected[:len(consumed)]  # each once per epoch, in order
+    assert len(consumed) >= len(sequences) * 2
+
+
 def test_loader_state_resumes_exactly(sequences):
     loader = PackedLoader(sequences, seed=3)
     budgets = [300, 400, 512, 700] * 10
