@@ -104,6 +104,20 @@ def page_problems(browser, base, html, doc):
         .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)""")
     problems += [f"broken image: {src}" for src in broken]
 
+    # figures of the notebooks: real alt text (not the file's hash) and a caption under them
+    figures = page.evaluate("""() => [...document.querySelectorAll('article img')]
+        .filter(i => i.src.endsWith('.png') && !i.closest('.bd-header-article'))
+        .map(i => [i.getAttribute('alt') || '', !!i.closest('figure')?.querySelector('figcaption')])""")
+    for alt, captioned in figures:
+        if not alt or re.fullmatch(r"[0-9a-f]{64}(\.png)?", alt):
+            problems.append(f"figure without alt text (alt={alt!r})")
+        if not captioned:
+            problems.append(f"figure without a caption (alt={alt[:60]!r})")
+
+    # nbval's markers live in cell tags, never in the code a reader sees
+    if "NBVAL_" in page.locator("article").inner_text():
+        problems.append("an NBVAL_ comment shows on the page")
+
     # internal links: the file exists, and so does the anchor
     for href in set(page.evaluate("() => [...document.querySelectorAll('a[href]')].map(a => a.href)")):
         url, fragment = urldefrag(href)

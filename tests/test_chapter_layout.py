@@ -36,11 +36,31 @@ def test_chapter_layout(path):
     assert install.cell_type == "code"
     assert 'if "google.colab" in sys.modules:' in install.source
     assert f"git+{REPO_URL}" in install.source
-    assert summary.cell_type == "code"
-    assert summary.source.startswith("# NBVAL_IGNORE_OUTPUT") and "runtime.summary()" in summary.source
+    assert summary.cell_type == "code" and "runtime.summary()" in summary.source
+    assert "nbval-ignore-output" in summary.metadata.get("tags", []), "tag the summary cell"
+
+    imports_transformers = any("import transformers" in c.source or "from transformers" in c.source
+                               for c in nb.cells[3:] if c.cell_type == "code")
+    if imports_transformers:
+        assert "transformers==" in install.source, "the Colab cell must install what the chapter imports"
 
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert "widgets" not in nb.metadata, "strip widget state (make notebooks does it)"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_nbval_markers_are_tags_and_figures_have_captions(path):
+    """Markers for nbval live in the cell tags, so the rendered page does not show them; every
+    figure carries a caption and alt text (MyST-NB's mystnb.figure / mystnb.image metadata)."""
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        assert "NBVAL_" not in cell.source, f"cell {i}: use the nbval-ignore-output tag, not a comment"
+        if any("image/png" in o.get("data", {}) for o in cell.outputs):
+            options = cell.metadata.get("mystnb", {})
+            assert options.get("figure", {}).get("caption"), f"cell {i}: a figure needs a caption"
+            assert options.get("image", {}).get("alt"), f"cell {i}: a figure needs alt text"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
