@@ -180,8 +180,10 @@ def test_same_corpus_and_tasks_in_every_process(classification, search, cache_di
 def test_retrieval_metrics_by_hand():
     ranked = [[0, 1, 2], [0, 1, 2], [1, 0, 2], [0, 1, 2]]  # query 3's document is not in the top 3
     scores = tasks.retrieval_metrics(ranked, k=3)
-    assert scores == pytest.approx({"mrr@3": (1 + 1 / 2 + 1 / 3 + 0) / 4, "recall@1": 1 / 4,
-                                    "recall@3": 3 / 4})
+    # ranks 1, 2, 3, none; nDCG of rank r is 1 / log2(r + 1): 1, 1/log2(3) = 0.6309..., 1/2, 0
+    assert scores == pytest.approx({"mrr@3": (1 + 1 / 2 + 1 / 3 + 0) / 4,
+                                    "ndcg@3": (1 + 0.6309297535714575 + 1 / 2 + 0) / 4,
+                                    "recall@1": 1 / 4, "recall@3": 3 / 4})
 
 
 def test_classification_metrics_by_hand():
