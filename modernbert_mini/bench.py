@@ -8,7 +8,7 @@ turns (so a slow moment of the machine hits both), and keep their best time. Cas
 - (c) long:     one sequence of 8192 tokens (a reduced-depth base on the CPU: both sides alike).
 
 Reported: real tokens per second, the ratio to the reference, the peak memory a forward adds
-(resident memory sampled while it runs, above what was in use before), and model FLOP
+(Linux's resident high-water mark, reset before the call, above what was resident then), and model FLOP
 utilisation: the FLOPs the model needs (matrix products, attention inside the window only) per
 second, over this machine's measured peak matrix-product rate. On a CUDA GPU the same script adds
 bf16 and flash-attn columns.
@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import ctypes
 import gc
 import json
 import math
 import os
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -93,9 +93,26 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_memory(run) -> int:
-    """Bytes a call adds at its peak: CUDA's allocator stats, or resident memory sampled on CPU."""
+def _peak_rss() -> int:
+    """Linux's high-water mark of resident memory (VmHWM), since the last reset."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM"))
+    return int(line.split()[1]) * 1024
+
+
+def _release_freed_memory() -> None:
+    """Hand memory that is freed but kept by the C allocator back to the system, so that what
+    one call freed is not counted as "already in use" before the next."""
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def peak_memory(run) -> int:
+    """Bytes a call adds at its peak: CUDA's allocator stats, or on Linux the resident memory's
+    high-water mark (reset before the call), above what was resident before it."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -103,22 +120,12 @@ def peak_memory(run) -> int:
         run()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
+    _release_freed_memory()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
     before = _rss()
-    peak, done = [before], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.0005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        run()
-    finally:
-        done.set()
-        sampler.join()
-    return max(peak[0], _rss()) - before
+    run()
+    return _peak_rss() - before
 
 
 def best_times(runs: dict, repeats: int) -> dict:
