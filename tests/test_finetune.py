@@ -187,3 +187,27 @@ def test_glue_offline_says_it_needs_the_network(monkeypatch):
         ft.finetune_glue("sst2")
     with pytest.raises(ValueError, match="not supported"):
         ft.finetune_glue("squad")
+
+
+def test_drop_overlap_by_hand(tokenizer):
+    """Two texts that differ only after the cut are one example to the model: out of training."""
+    head = "def link(self, objects, output_dir=None):\n"
+    test = (tasks.LabelledText(head + "    return 1\n", 0, "a/test.py", "link"),)
+    train = (tasks.LabelledText(head + "    return 2\n", 0, "a/one.py", "link"),  # same first 8
+             tasks.LabelledText("def other():\n    pass\n", 1, "a/two.py", "other"))
+    task = tasks.ClassificationTask(("a", "b"), train, test)
+    assert len(tokenizer.encode(head).ids) > 8  # the head alone fills the cut below
+    assert ft.drop_overlap(task, tokenizer, max_len=8).train == train[1:]
+    assert ft.drop_overlap(task, tokenizer, max_len=64).train == train  # apart when read whole
+
+
+def test_mean_and_spread_and_the_table_by_hand():
+    runs = [{"accuracy": 0.5, "seconds": 10.0, "name": "x"}, {"accuracy": 0.7, "seconds": 12.0}]
+    spread = ft.mean_and_spread(runs)  # sample standard deviation: sqrt(((-0.1)^2 + 0.1^2) / 1)
+    assert list(spread) == ["accuracy", "seconds"]  # numbers only
+    assert spread["accuracy"] == pytest.approx((0.6, math.sqrt(0.02)))
+    assert spread["seconds"] == pytest.approx((11.0, math.sqrt(2)))
+    table = ft.markdown_table({"TF-IDF": {"accuracy": (0.625, None)},
+                               "mini": {"accuracy": spread["accuracy"], "mrr@10": (0.3, 0.01)}})
+    assert table.splitlines()[2] == "| TF-IDF | 0.625 | — | — | — | — |"
+    assert table.splitlines()[3] == "| mini | 0.600 ± 0.141 | — | 0.300 ± 0.010 | — | — |"
