@@ -115,7 +115,8 @@ def test_auto_picks_for_the_device_dtype_and_input():
     q32 = torch.zeros(2, S, NH, HD)
     padded, unpadded = Batch.padded(S), Batch.unpad(torch.ones(2, S))
     assert choose("auto", padded, q32, None).name == "sdpa"
-    assert choose("auto", padded, q32, 128).name == "local"
+    assert choose("auto", padded, q32, 128).name == "sdpa"  # 20 tokens: the dense mask is cheaper
+    assert choose("auto", Batch.padded(6 * 128), q32, 128).name == "local"  # long: blocked
     assert choose("auto", unpadded, q32.flatten(0, 1), 128).name == "varlen"
     assert choose("eager", unpadded, q32.flatten(0, 1), 128).name == "eager"  # forced, converted
 
