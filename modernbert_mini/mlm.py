@@ -24,7 +24,6 @@ and unpads them; without rows, the same thing is a flat budget of rows x 1,024 t
 - `PackedBatch`, `PackedLoader`: packed batches up to a token budget, shuffled per epoch, with a
   `state_dict` (epoch and position) so a run resumes exactly where it stopped;
 - `pad_fraction`: how much of a padded batch would be padding, for comparison;
-- `fill_mask`: the trained model's guesses for the [MASK]s of a text.
 """
 
 from __future__ import annotations
@@ -268,26 +267,3 @@ def pad_fraction(seqlens: Sequence[int], pad_to: int | None = None) -> float:
     if width < max(seqlens):
         raise ValueError(f"pad_to={pad_to} is shorter than the longest sequence ({max(seqlens)})")
     return 1.0 - sum(seqlens) / (len(seqlens) * width)
-
-
-# ----------------------------------------------------------------------------- using the model
-@torch.no_grad()
-def fill_mask(model, tokenizer: Tokenizer, text: str, top_k: int = 3) -> list[list[tuple[str, float]]]:
-    """The model's top_k guesses, with probabilities, for each [MASK] in `text`.
-
-    The text is encoded with the tokenizer's template ([CLS] text [SEP]); a "[MASK]" swallows
-    the space before it, so a guess carries its own leading space (" range").
-    """
-    mask_id = tokenizer.token_to_id("[MASK]")
-    ids = tokenizer.encode(text).ids
-    where = [i for i, t in enumerate(ids) if t == mask_id]
-    if not where:
-        raise ValueError(f"text has no [MASK] token: {text!r}")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    logits = model(torch.tensor([ids], device=device)).logits[0, where]  # (masks, V)
-    model.train(was_training)
-    probs, top = logits.float().softmax(-1).topk(top_k, dim=-1)
-    return [[(tokenizer.decode([t]), round(p, 4)) for t, p in zip(row.tolist(), prob.tolist())]
-            for row, prob in zip(top, probs)]

@@ -49,7 +49,8 @@ from . import runtime
 from .config import ModernBertConfig
 from .data import corpus_texts, corpus_tokenizer
 from .hub import load_hf_state_dict, read_state_dict
-from .mlm import MASK_RATE, PackedBatch, PackedLoader, fill_mask, mask_tokens, tokenize_documents
+from .inference import fill_mask
+from .mlm import MASK_RATE, PackedBatch, PackedLoader, mask_tokens, tokenize_documents
 from .model import IGNORE_INDEX, ModernBertForMaskedLM
 from .optim import StableAdamW, batch_size_schedule, lr_scheduler, param_groups
 from .tokenizer import load_tokenizer, save_tokenizer
@@ -307,6 +308,12 @@ def checkpoints(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def guesses(model, tokenizer: Tokenizer, prompt: str, top_k: int = 3) -> list:
+    """fill_mask's top guesses as (token, probability) pairs, for log.json."""
+    return [[(p.token, round(p.probability, 4)) for p in row]
+            for row in fill_mask(model, tokenizer, prompt, top_k)]
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -390,7 +397,7 @@ def train(cfg: TrainConfig) -> dict:
         if d.main:  # a fresh run: checkpoints of an earlier run in out_dir would mix with ours
             for old in checkpoints(out_dir):
                 shutil.rmtree(old)
-        log["fill_mask_before"] = {p: fill_mask(model, tokenizer, p) for p in FILL_MASK_PROMPTS}
+        log["fill_mask_before"] = {p: guesses(model, tokenizer, p) for p in FILL_MASK_PROMPTS}
         if d.main:
             history["eval"].append({"step": 0, **evaluate(model, eval_batches, d.device)})
     baseline = unigram_baseline(train_seqs.tokens, eval_batches, config.vocab_size, specials)
@@ -451,7 +458,7 @@ def train(cfg: TrainConfig) -> dict:
     log["params_max_diff_across_ranks"] = _param_spread(model, d)
     if step == cfg.max_steps and d.main:
         log["final_eval"] = history["eval"][-1]
-        log["fill_mask_after"] = {p: fill_mask(model, tokenizer, p) for p in FILL_MASK_PROMPTS}
+        log["fill_mask_after"] = {p: guesses(model, tokenizer, p) for p in FILL_MASK_PROMPTS}
         model.save_pretrained(out_dir)
         save_tokenizer(tokenizer, out_dir)
     if d.main:
