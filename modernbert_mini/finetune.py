@@ -466,8 +466,8 @@ def bar_plot(rows: dict[str, dict[str, tuple[float, float | None]]], path: Path)
         xs = [j for j, (key, _) in enumerate(COLUMNS) if key in scores]
         means = [scores[COLUMNS[j][0]][0] for j in xs]
         spreads = [scores[COLUMNS[j][0]][1] or 0.0 for j in xs]
-        ax.bar([x + (i - (len(rows) - 1) / 2) * width for x in xs], means, width, yerr=spreads,
-               capsize=3, label=name)
+        ax.bar([x + (i - (len(rows) - 1) / 2) * width for x in xs], means, width,
+               yerr=spreads if any(spreads) else None, capsize=3, label=name)
     ax.set_xticks(range(len(COLUMNS)), [title for _, title in COLUMNS])
     ax.set_ylim(0, 1)
     ax.set_ylabel("score on the held-out test split")
