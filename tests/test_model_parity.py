@@ -143,18 +143,19 @@ def test_no_mask_and_full_mask_give_the_same():
     assert record(("no-mask", "sdpa"), max_abs_diff(a, b), max_abs_diff(a, r)) < TOL
 
 
-def test_gradients_equal_reference():
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_gradients_equal_reference(backend):
     """One training step's gradients, so training ours is training ModernBERT."""
     config = tiny_config(num_hidden_layers=4, global_attn_every_n_layers=2)
     ids, mask = make_batch(config, lengths_for(config.local_attention))
     labels = torch.where(mask.bool(), ids, -100)
-    ref = reference("ModernBertForMaskedLM", config, "eager").train()
-    ours = ours_like(mm.ModernBertForMaskedLM, ref, config, "eager").train()
+    ref = reference("ModernBertForMaskedLM", config, backend).train()
+    ours = ours_like(mm.ModernBertForMaskedLM, ref, config, backend).train()
     ref(ids, attention_mask=mask, labels=labels).loss.backward()
     ours(ids, mask, labels=labels).loss.backward()
     ref_grads = dict(ref.named_parameters())
     for name, p in ours.named_parameters():
-        assert record(("gradients", "eager"), max_abs_diff(p.grad, ref_grads[name].grad)) < TOL, name
+        assert record(("gradients", backend), max_abs_diff(p.grad, ref_grads[name].grad)) < TOL, name
 
 
 # ----------------------------------------------------------------------------- sizes and init
