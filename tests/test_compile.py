@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import modernbert_mini as mm
-from test_model_reference import make_batch, max_abs_diff, tiny_config
+from test_model_reference import gradients, make_batch, max_abs_diff, tiny_config
 
 CONFIG = tiny_config(num_hidden_layers=3, local_attention=8)
 
@@ -47,9 +47,8 @@ def test_compiled_gradients_equal_eager_ones():
     model = mm.ModernBertForMaskedLM(CONFIG).train()
     ids, mask = make_batch(CONFIG, [24, 15])
     labels = torch.where(mask.bool(), ids, -100)
-    model(ids, mask, labels=labels).loss.backward()
-    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
-    model.zero_grad()
-    torch.compile(model, fullgraph=True, backend="aot_eager")(ids, mask, labels=labels).loss.backward()
-    for name, p in model.named_parameters():
-        assert max_abs_diff(p.grad, expected[name]) < 1e-6, name
+    expected = gradients(model, lambda m: m(ids, mask, labels=labels))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    got = gradients(model, lambda m: compiled(ids, mask, labels=labels))
+    for name in expected:
+        assert max_abs_diff(got[name], expected[name]) < 1e-6, name

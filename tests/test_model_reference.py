@@ -69,6 +69,15 @@ def make_batch(config: ModernBertConfig, lengths: list[int], seed: int = 0, left
     return ids, mask
 
 
+def gradients(model, run) -> dict[str, torch.Tensor]:
+    """Each parameter's gradient after run(model).loss.backward(), from zero."""
+    model.zero_grad()
+    run(model).loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    return grads
+
+
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
     """Largest |a - b|, over the positions where `where` is true (e.g. the non-pad tokens)."""
     if where is not None:
