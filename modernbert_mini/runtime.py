@@ -46,10 +46,13 @@ class Runtime:
 
     @property
     def attention_backends(self) -> tuple[str, ...]:
-        """Names of the attention backends that run here (backends.py), most readable first."""
-        from .backends import available  # backends asks runtime about flash-attn: import late
+        """Names of the attention backends (backends.py) that run here, most readable first."""
+        from .backends import BACKENDS  # backends asks runtime about flash-attn: import late
 
-        return available(self.device, self.dtype)
+        installed = {"flash_attn": self.flash_attn, "triton": self.triton}  # this Runtime's facts
+        return tuple(name for name, backend in BACKENDS.items()
+                     if self.device in backend.devices and self.dtype in backend.dtypes
+                     and installed.get(name, True))
 
     def summary(self) -> str:
         """One line: what runs here."""
