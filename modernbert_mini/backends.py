@@ -247,10 +247,15 @@ class Backend:
     dropout: bool = False
     usable: Callable[[str], bool] = lambda device: True  # installed and runnable on this device
 
-    def supports(self, device: str, dtype: torch.dtype, window: int | None, dropout_p: float) -> str | None:
-        """None if this backend can run the call, else the reason it cannot."""
+    def supports(self, device: str, dtype: torch.dtype, window: int | None, dropout_p: float,
+                 installed: bool | None = None) -> str | None:
+        """None if this backend can run the call, else the reason it cannot.
+
+        installed: say whether it is installed and runnable instead of asking `usable`.
+        """
         layer = "global" if window is None else "local"
-        if device not in self.devices or not self.usable(device):
+        usable = self.usable(device) if installed is None else installed
+        if device not in self.devices or not usable:
             return f"it does not run on {device} here"
         if dtype not in self.dtypes:
             return f"it does not take {dtype}"
@@ -289,12 +294,18 @@ def check_backend_name(name: str) -> str:
 
 
 def choose(name: str, batch: Batch, q: torch.Tensor, window: int | None,
-           dropout_p: float = 0.0) -> Backend:
-    """The backend that runs this call: the one named, or for "auto" the fastest that can."""
-    device = q.device.type
+           dropout_p: float = 0.0, *, device: str | None = None,
+           installed: dict[str, bool] | None = None) -> Backend:
+    """The backend that runs this call: the one named, or for "auto" the fastest that can.
+
+    device and installed ({"flash_attn": True, ...}) ask what would run elsewhere: on another
+    device than q's, with other packages than this machine has.
+    """
+    device = q.device.type if device is None else device
+    installed = installed or {}
     if name != "auto":
         backend = BACKENDS[check_backend_name(name)]
-        why_not = backend.supports(device, q.dtype, window, dropout_p)
+        why_not = backend.supports(device, q.dtype, window, dropout_p, installed.get(name))
         if why_not:
             raise ValueError(f"attention backend {name!r} cannot run this layer: {why_not}")
         return backend
@@ -302,7 +313,8 @@ def choose(name: str, batch: Batch, q: torch.Tensor, window: int | None,
     for candidate in AUTO.get((device, layout), AUTO_DEFAULT[layout]):
         if candidate == "local" and not blocked_pays(batch.seq_len, window):
             continue  # short inputs: the dense mask is cheaper (see BLOCKED_FROM)
-        if BACKENDS[candidate].supports(device, q.dtype, window, dropout_p) is None:
+        if BACKENDS[candidate].supports(device, q.dtype, window, dropout_p,
+                                        installed.get(candidate)) is None:
             return BACKENDS[candidate]
     return BACKENDS["eager"]  # runs everywhere
 
