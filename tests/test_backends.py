@@ -135,3 +135,16 @@ def test_local_backend_costs_the_window_not_the_length():
     """The blocked scores grow linearly with S: 3 * (window // 2) keys per query."""
     key_masks = [backends.local_key_mask(None, n, 128).shape for n in (512, 4096)]
     assert [m[-1] * m[-2] * m[-3] for m in key_masks] == [512 * 192, 4096 * 192]
+
+
+def test_choose_can_be_asked_about_another_device():
+    """What a GPU would pick, from the declarations, with what is installed there given."""
+    q16 = torch.zeros(2 * S, NH, HD, dtype=torch.bfloat16)
+    unpadded = Batch.unpad(torch.ones(2, S))
+    a100 = {"flash_attn": True, "triton": True}
+    t4 = {"flash_attn": False, "triton": True}
+    assert choose("auto", unpadded, q16, 128, device="cuda", installed=a100).name == "flash_attn"
+    assert choose("auto", unpadded, q16.half(), 128, device="cuda", installed=t4).name == "triton"
+    assert choose("auto", unpadded, q16.float(), None, device="cuda", installed={}).name in ("triton", "varlen")
+    with pytest.raises(ValueError, match="does not run on cuda here"):
+        choose("flash_attn", unpadded, q16, None, device="cuda", installed={"flash_attn": False})
