@@ -34,7 +34,6 @@ import torch
 
 from . import runtime
 from .config import ModernBertConfig
-from .hub import load_hf_state_dict
 from .model import ModernBertModel
 
 
