@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: book test notebooks browser clean bench pretrain finetune
+.PHONY: book test notebooks browser clean bench pretrain finetune mini-checkpoint
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,13 @@ pretrain: $(STAMP)
 		--max-len 512 --batch-tokens 8192 --batch-warmup-start 2048 --batch-warmup-tokens 300000 \
 		--max-steps 270 --warmup-steps 20 --decay-steps 80 --lr 2e-3 \
 		--eval-every 30 --eval-tokens 16384 --save-every 30 $(PRETRAIN_ARGS)
+
+## make mini-checkpoint: the small checkpoint that chapters 10 and 11 load
+## (modernbert_mini/assets/mini/, ~12 MB): the `make pretrain` run (pretrained first if missing),
+## its weights in float16, its validation loss recomputed on them (tests/test_pretrained.py checks it)
+mini-checkpoint: $(STAMP)
+	@[ -f $(PRETRAIN_DIR)/model.safetensors ] || $(MAKE) pretrain
+	$(PY) -c "import json, modernbert_mini.train as t; print(json.dumps(t.export('$(PRETRAIN_DIR)')['validation']))"
 
 ## make finetune: fine-tune the `make pretrain` checkpoint (pretraining it first if it is missing) and
 ## the same architecture from random init on the offline tasks, 3 seeds each, next to the baselines

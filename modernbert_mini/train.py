@@ -37,6 +37,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,8 +277,17 @@ def evaluate(model: ModernBertForMaskedLM, eval_batches, device: torch.device) -
             "mask_accuracy": mask_correct / mask_count, "masked_tokens": count}
 
 
-def eval_slice(sequences, cfg: TrainConfig, mask_args: dict) -> list:
-    """The first `eval_tokens` tokens of the validation split, packed and masked once."""
+def masking_args(tokenizer: Tokenizer, config: ModernBertConfig) -> dict:
+    """mask_tokens' keyword arguments for this tokenizer and model."""
+    return dict(mask_id=config.mask_token_id, vocab_size=config.vocab_size,
+                special_ids=special_ids(tokenizer))
+
+
+def validation_slice(cfg: TrainConfig, tokenizer: Tokenizer, config: ModernBertConfig) -> list:
+    """The first `eval_tokens` tokens of the validation split, packed and masked once:
+    [(PackedBatch, inputs, labels)], the same for every run with these settings."""
+    sequences = tokenize_documents(corpus_texts("validation")[:cfg.val_docs], tokenizer, cfg.max_len)
+    mask_args = masking_args(tokenizer, config)
     loader = PackedLoader(sequences, shuffle=False)
     out, total = [], 0
     for i, batch in enumerate(loader.batches(cfg.batch_tokens)):
@@ -359,12 +369,11 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else corpus_tokenizer()
     config = build_model_config(cfg, tokenizer)
     specials = special_ids(tokenizer)
-    mask_args = dict(mask_id=config.mask_token_id, vocab_size=config.vocab_size, special_ids=specials)
+    mask_args = masking_args(tokenizer, config)
 
     train_texts = corpus_texts("train")[:cfg.max_docs]
-    val_texts = corpus_texts("validation")[:cfg.val_docs]
     train_seqs = tokenize_documents(train_texts, tokenizer, cfg.max_len)
-    eval_batches = eval_slice(tokenize_documents(val_texts, tokenizer, cfg.max_len), cfg, mask_args)
+    eval_batches = validation_slice(cfg, tokenizer, config)
     loader = PackedLoader(train_seqs, seed=cfg.seed)
 
     model = ModernBertForMaskedLM(config).to(d.device)
@@ -478,6 +487,58 @@ def _param_spread(model: torch.nn.Module, d: Dist) -> float:
     spread = (flat - reference).abs().max()
     dist.all_reduce(spread, op=dist.ReduceOp.MAX)
     return float(spread)
+
+
+# ----------------------------------------------------------------------------- the small checkpoint
+PRETRAINED_DIR = Path(__file__).parent / "assets" / "mini"  # `make mini-checkpoint` writes it
+EXPORTED_LOG = ("train_config", "parameters", "train_tokens", "eval_tokens", "device", "steps",
+                "tokens_seen", "train_seconds", "tokens_per_second", "unigram_baseline",
+                "fill_mask_before", "fill_mask_after", "history")
+
+
+def validate(directory: str | Path) -> dict:
+    """A checkpoint's validation loss and accuracy, recomputed on the slice its run was scored on
+    (the settings in its log.json), in float32 on the CPU."""
+    directory = Path(directory)
+    cfg = TrainConfig(**json.loads((directory / LOG_FILE).read_text())["train_config"])
+    tokenizer = load_tokenizer(directory)
+    model = ModernBertForMaskedLM.from_pretrained(directory)
+    return evaluate(model, validation_slice(cfg, tokenizer, model.config), torch.device("cpu"))
+
+
+def export(run_dir: str | Path, dest: str | Path = PRETRAINED_DIR,
+           dtype: torch.dtype = torch.float16) -> dict:
+    """A finished run as the small checkpoint that chapters 10 and 11 load (`load_pretrained`).
+
+    The weights are cast to `dtype` (float16 halves the file: 11 MB for the mini model), and
+    the validation figures in the new log.json are recomputed on the cast weights, so that a
+    test can check the file against its log. Returns that log.
+    """
+    run_dir, dest = Path(run_dir), Path(dest)
+    log = json.loads((run_dir / LOG_FILE).read_text())
+    if "final_eval" not in log:
+        raise ValueError(f"{run_dir} holds an unfinished run (no final_eval in {LOG_FILE}): "
+                         "finish it first (PRETRAIN_ARGS=--resume)")
+    dest.mkdir(parents=True, exist_ok=True)
+    ModernBertForMaskedLM.from_pretrained(run_dir).to(dtype).save_pretrained(dest)
+    save_tokenizer(load_tokenizer(run_dir), dest)
+    shutil.copy(run_dir / PLOT_FILE, dest / PLOT_FILE)
+    small = {key: log[key] for key in EXPORTED_LOG}
+    small["validation_of_the_run"] = log["final_eval"]  # before the cast
+    small["python"] = list(sys.version_info[:2])  # the corpus follows the Python it is read from
+    (dest / LOG_FILE).write_text(json.dumps(small, indent=1) + "\n")  # validate reads its settings
+    small["validation"] = validate(dest)
+    (dest / LOG_FILE).write_text(json.dumps(small, indent=1) + "\n")
+    return small
+
+
+def load_pretrained(directory: str | Path = PRETRAINED_DIR) -> tuple[ModernBertForMaskedLM, Tokenizer, dict]:
+    """(model in float32, tokenizer, log) of the committed mini checkpoint (or another export)."""
+    directory = Path(directory)
+    if not (directory / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{directory} holds no model.safetensors: run `make mini-checkpoint`")
+    return (ModernBertForMaskedLM.from_pretrained(directory), load_tokenizer(directory),
+            json.loads((directory / LOG_FILE).read_text()))
 
 
 # ----------------------------------------------------------------------------- the CLI

@@ -1,0 +1,47 @@
+"""The small pretrained checkpoint: `export` on a tiny run, and the committed mini checkpoint
+(modernbert_mini/assets/mini, `make mini-checkpoint`) against the log that came with it."""
+
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modernbert_mini.train import (LOG_FILE, PRETRAINED_DIR, TrainConfig, export, load_pretrained,
+                                   train, validate)
+from test_train import tiny_config, tokenizer_dir  # noqa: F401  (a fixture)
+
+
+def test_export_halves_the_weights_and_rescores_them(tokenizer_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tokenizer_dir, run, max_steps=5, save_every=5))
+    log = export(run, tmp_path / "small")
+    weights = load_file(tmp_path / "small" / "model.safetensors")
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+    model, _, read = load_pretrained(tmp_path / "small")
+    assert next(model.parameters()).dtype == torch.float32 and read == log
+    # recomputed on the float16 weights: close to the run's own figure, not copied from it
+    assert log["validation"]["masked_tokens"] == log["validation_of_the_run"]["masked_tokens"]
+    assert log["validation"]["loss"] == pytest.approx(log["validation_of_the_run"]["loss"], abs=5e-3)
+    assert validate(tmp_path / "small") == log["validation"]
+
+
+def test_export_refuses_an_unfinished_run(tokenizer_dir, tmp_path):
+    train(tiny_config(tokenizer_dir, tmp_path, max_steps=5, stop_after=2, save_every=2))
+    with pytest.raises(ValueError, match="unfinished run"):
+        export(tmp_path, tmp_path / "small")
+
+
+def test_committed_checkpoint_matches_its_log_and_beats_unigram():
+    log = json.loads((PRETRAINED_DIR / LOG_FILE).read_text())
+    if tuple(log["python"]) != sys.version_info[:2]:
+        pytest.skip(f"the checkpoint was scored on Python {log['python']}'s stdlib corpus; "
+                    f"this is {sys.version_info[:2]}, whose validation split differs")
+    again = validate(PRETRAINED_DIR)
+    assert again["masked_tokens"] == log["validation"]["masked_tokens"]
+    assert again["loss"] == pytest.approx(log["validation"]["loss"], abs=1e-4)
+    assert again["accuracy"] == pytest.approx(log["validation"]["accuracy"], abs=2e-3)
+    assert again["loss"] < log["unigram_baseline"]["loss"] - 1.0
+    assert again["accuracy"] > 5 * log["unigram_baseline"]["accuracy"]
+    assert TrainConfig(**log["train_config"]).max_steps == log["steps"]
