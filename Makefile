@@ -31,8 +31,9 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m modernbert_mini.bench --out out/bench
 
-## make pretrain: pretrain the mini ModernBERT on the stdlib corpus, about 2M tokens, ~25-30 min on
-## 2 free CPU cores (out/pretrain/: model + tokenizer that transformers loads, loss_curve.png, log.json).
+## make pretrain: pretrain the mini ModernBERT on the stdlib corpus, 700 steps, 5.7M tokens (2.7 passes),
+## ~17 min on 2 free CPU cores, 40 min when they are shared (out/pretrain/: model + tokenizer that
+## transformers loads, loss_curve.png, log.json). Validation loss 2.92, unigram baseline 6.71.
 ## Packed batches go through SDPA: on the CPU it is faster than the per-sequence varlen path.
 ## More options: PRETRAIN_ARGS="--resume" (continue), "--help" (all of them).
 PRETRAIN_DIR  ?= out/pretrain
@@ -40,8 +41,8 @@ PRETRAIN_ARGS ?=
 pretrain: $(STAMP)
 	$(PY) -m modernbert_mini.train --out-dir $(PRETRAIN_DIR) --attention-backend sdpa \
 		--max-len 512 --batch-tokens 8192 --batch-warmup-start 2048 --batch-warmup-tokens 300000 \
-		--max-steps 270 --warmup-steps 20 --decay-steps 80 --lr 2e-3 \
-		--eval-every 30 --eval-tokens 16384 --save-every 30 $(PRETRAIN_ARGS)
+		--max-steps 700 --warmup-steps 20 --decay-steps 150 --lr 2e-3 \
+		--eval-every 50 --eval-tokens 16384 --save-every 50 $(PRETRAIN_ARGS)
 
 ## make mini-checkpoint: the small checkpoint that chapters 10 and 11 load
 ## (modernbert_mini/assets/mini/, ~12 MB): the `make pretrain` run (pretrained first if missing),
