@@ -31,7 +31,7 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m modernbert_mini.bench --out out/bench
 
-## make pretrain: pretrain the mini ModernBERT on the stdlib corpus, 700 steps, 5.7M tokens (2.7 passes),
+## make pretrain: pretrain the mini ModernBERT on the stdlib corpus, 700 steps, 5.3M tokens (2.5 passes),
 ## ~17 min on 2 free CPU cores, 40 min when they are shared (out/pretrain/: model + tokenizer that
 ## transformers loads, loss_curve.png, log.json). Validation loss 2.92, unigram baseline 6.71.
 ## Packed batches go through SDPA: on the CPU it is faster than the per-sequence varlen path.
