@@ -231,14 +231,12 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .viz import file_figure
 
     cases = list(dict.fromkeys(r["case"] for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = file_figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     width = 0.8 / len(impls)
     for i, impl in enumerate(impls):
         for ax, key in zip(axes, ("speedup", "memory_ratio")):

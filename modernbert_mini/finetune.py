@@ -455,12 +455,10 @@ def markdown_table(rows: dict[str, dict[str, tuple[float, float | None]]]) -> st
 
 def bar_plot(rows: dict[str, dict[str, tuple[float, float | None]]], path: Path) -> None:
     """Grouped bars: a group per metric, a bar per model that has it, spread as error bars."""
-    import matplotlib
+    from .viz import file_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig = file_figure(figsize=(10, 4.5))
+    ax = fig.subplots()
     width = 0.8 / len(rows)
     for i, (name, scores) in enumerate(rows.items()):
         xs = [j for j, (key, _) in enumerate(COLUMNS) if key in scores]
@@ -475,7 +473,6 @@ def bar_plot(rows: dict[str, dict[str, tuple[float, float | None]]], path: Path)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = (0, 1, 2),

@@ -338,12 +338,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def plot_losses(history: dict, baseline: dict | None, path: Path) -> None:
-    import matplotlib
+    from .viz import file_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = file_figure(figsize=(7, 4))
+    ax = fig.subplots()
     steps = [row["step"] for row in history["train"]]
     ax.plot(steps, [row["loss"] for row in history["train"]], lw=0.8, alpha=0.6, label="train")
     if history["eval"]:
@@ -357,7 +355,6 @@ def plot_losses(history: dict, baseline: dict | None, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- the loop

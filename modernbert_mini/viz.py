@@ -20,3 +20,14 @@ def show_source(obj) -> Markdown:
     where = path[path.rfind("modernbert_mini"):] if "modernbert_mini" in path else path
     source = inspect.getsource(obj).rstrip()
     return Markdown(f"`{where}`\n\n```python\n{source}\n```")
+
+
+def file_figure(**kwargs):
+    """A matplotlib Figure outside pyplot, for a plot the package writes to a file.
+
+    It leaves pyplot and its backend alone, so a notebook that runs `train.train` or
+    `finetune.compare` goes on showing its own figures. kwargs: Figure's (figsize=...).
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
