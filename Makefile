@@ -55,7 +55,7 @@ mini-checkpoint: $(STAMP)
 ## the same architecture from random init on the offline tasks, 3 seeds each, next to the baselines
 ## (TF-IDF + logistic regression, BM25) and the hybrid retriever: one table (out/finetune/:
 ## results.md, results.png, results.json). 3 epochs over all the training examples (chosen over 1 epoch
-## on 1,500 with --validation); ~15 min on 2 free CPU cores, 25 when shared. More options:
+## on 1,500 with --validation); ~23 min on 2 shared CPU cores (7.5 min a seed). More options:
 ## FINETUNE_ARGS="--validation" (score on held-out training files), "--help" (all of them).
 FINETUNE_DIR  ?= out/finetune
 FINETUNE_ARGS ?=

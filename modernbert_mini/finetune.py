@@ -57,7 +57,7 @@ BASE_MODEL = "answerdotai/ModernBERT-base"
 RRF_K = 60  # reciprocal rank fusion's constant, as in Cormack et al. (2009)
 FUSION_DEPTH = 100  # how deep each ranking goes into the fusion
 VALIDATION_FRACTION = 0.15  # of the training files, with --validation
-MAX_TRAIN = 1500  # training examples per task that `make finetune` fine-tunes on (see compare)
+MAX_TRAIN = 1500  # training examples per task by default (a quick run; `make finetune` uses all)
 GLUE_TEXTS = {  # task -> its text field(s)
     "cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
     "qqp": ("question1", "question2"), "stsb": ("sentence1", "sentence2"),
@@ -68,7 +68,7 @@ GLUE_TEXTS = {  # task -> its text field(s)
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """How one model is fine-tuned. The defaults are what `make finetune` runs on the mini model."""
+    """How one model is fine-tuned. `make finetune` runs these with epochs=3 (chosen on --validation)."""
 
     max_len: int = 64  # tokens per text, [CLS] and [SEP] included; longer texts are cut
     batch_size: int = 32  # sequences (classification) or pairs (retrieval) per step
@@ -482,8 +482,8 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
     std over seeds), the hybrid. Writes results.md, results.json and results.png to out_dir.
 
     max_train: fine-tune on at most this many training examples per task (a fixed choice, the
-    same for every row; the baselines use the whole training split), so that the 12 runs fit
-    in half an hour on 2 CPU cores; None: all of them. validation=True scores on a held-out
+    same for every row; the baselines use the whole training split), for quick runs; None:
+    all of them (`make finetune`). validation=True scores on a held-out
     part of the training split instead of the test split (for choosing hyperparameters).
     """
     out_dir = Path(out_dir)
