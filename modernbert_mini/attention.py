@@ -23,7 +23,7 @@ from torch import nn
 from .backends import (attend, check_backend_name, eager_attention, make_attention_mask,  # noqa: F401
                        sdpa_attention, sliding_window_mask)
 from .padding import Batch
-from .rope import apply_rope
+from .rope import apply_rope_
 
 
 class Attention(nn.Module):
@@ -49,9 +49,10 @@ class Attention(nn.Module):
     def forward(self, x, batch: Batch):
         """x: (B, S, H) for a padded batch, (T, H) for an unpadded one; the output likewise."""
         qkv = self.Wqkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # (..., 3, nh, hd)
-        q, k, v = qkv.unbind(-3)  # (B, S, nh, hd) or (T, nh, hd) each
         cos, sin = batch.rope(self.theta, self.head_dim)  # (S or T, hd), once per forward
-        q, k = apply_rope(q, k, cos.unsqueeze(-2), sin.unsqueeze(-2))  # the same for every head
+        # rotate q and k in place, the same for every head: (S or T, 1, 1, hd) against (..., 2, nh, hd)
+        apply_rope_(qkv[..., :2, :, :], cos[..., None, None, :], sin[..., None, None, :])
+        q, k, v = qkv.unbind(-3)  # (B, S, nh, hd) or (T, nh, hd) each
         y = attend(q, k, v, batch, self.window, self.dropout if self.training else 0.0,
                    self.backend)  # same shape as q
         return self.out_drop(self.Wo(y.flatten(-2)))  # heads side by side again

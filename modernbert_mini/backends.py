@@ -8,8 +8,8 @@ only keys at distance <= window // 2. They differ in how much work and memory th
 |------------|----------|------------------------------------------------------------|---------|
 | eager      | padded   | the formula written out, with a dense (S, S) mask           | 4       |
 | sdpa       | padded   | PyTorch's fused kernel, the same dense mask                 | 4       |
-| local      | padded   | blocks of queries against their neighbouring keys: O(S x w) | 4       |
-| varlen     | unpadded | one sequence at a time (sdpa, or local on long sequences)   | 6       |
+| local      | any      | blocks of queries against their neighbouring keys: O(T x w) | 4       |
+| varlen     | unpadded | one sequence at a time, through sdpa                        | 6       |
 | tiled      | unpadded | online-softmax FlashAttention in plain PyTorch              | 7       |
 | triton     | unpadded | a Triton FlashAttention kernel, forward and backward        | 7       |
 | flash_attn | unpadded | the flash-attn package (CUDA, capability >= 8.0)            | 7       |
@@ -17,7 +17,7 @@ only keys at distance <= window // 2. They differ in how much work and memory th
 Each backend declares what it supports (layouts, devices, dtypes, global/local layers, dropout).
 `attend` picks one at forward time for the device, dtype and input ("auto"), or runs the one
 named; a backend handed the other layout gets the batch converted (unpadded <-> padded), so any
-backend runs on any input. Dense masks are built only by the backends that need them, once per
+backend runs on any input ("local" takes both as they are: it works on the stream of tokens). Dense masks are built only by the backends that need them, once per
 forward and window (cached on the Batch).
 
 q, k, v arrive as (B, S, nh, hd) for a padded batch and (T, nh, hd) for an unpadded one, already
@@ -93,54 +93,66 @@ def sdpa_attention(q, k, v, mask=None, dropout_p=0.0):
 
 def blocked_local_attention(q, k, v, window: int, key_mask: torch.Tensor | None = None,
                             dropout_p: float = 0.0) -> torch.Tensor:
-    """Sliding-window attention that costs O(S x window), not O(S^2).
+    """Sliding-window attention that costs O(T x window), not O(T^2).
 
-    Cut the S queries into blocks of b = window // 2. A query in block i can only see keys in
-    blocks i - 1, i and i + 1 (at most b positions away on either side), so each block attends
-    to those 3b keys, masked to |query - key| <= window // 2: 1.5 x window keys per query
-    instead of S.
+    q, k, v: (T, nh, hd), a stream of tokens: one sequence, or several back to back (the rows of
+    a padded batch, or the documents of an unpadded one); key_mask says which keys each query
+    may see (`local_key_mask`; None: one sequence, no padding).
 
-    q, k, v: (B, nh, S, hd); key_mask: `local_key_mask(...)`, or None to build it (no padding).
+    Cut the stream into blocks of b = window // 4 queries. The keys a query in a block may see
+    lie within h = window // 2 positions of the block: one span of b + 2h (160) keys, the same
+    for all b queries. The spans overlap, so `unfold` takes them as views of the keys, not
+    copies, and one call to PyTorch's fused SDPA scores every block against its span, masked:
+    about window + b keys per query instead of T.
     """
-    B, nh, S, hd = q.shape
-    b = max(window // 2, 1)
-    nb = math.ceil(S / b)
+    T, nh, hd = q.shape
+    b, h = local_blocks(window)
+    n = math.ceil(T / b)
     if key_mask is None:
-        key_mask = local_key_mask(None, S, window, q.device)
-    # four dimensions, (B, nh * nb, ...), so that PyTorch takes its fused kernel, not the math one
-    q = F.pad(q, (0, 0, 0, nb * b - S)).reshape(B, nh * nb, b, hd)  # (B, nh * nb, b, hd)
-    k, v = (_neighbours(x, b, nb).reshape(B, nh * nb, 3 * b, hd) for x in (k, v))
-    mask = key_mask.expand(-1, nh, -1, -1, -1).reshape(key_mask.shape[0], nh * nb, b, 3 * b)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                         scale=hd ** -0.5)
-    return out.view(B, nh, nb * b, hd)[:, :, :S]  # (B, nh, S, hd)
+        key_mask = local_key_mask(torch.zeros(T, dtype=torch.long, device=q.device), window)
+    if n * b != T:  # a last, partial block of queries
+        q = F.pad(q, (0, 0, 0, 0, 0, n * b - T))
+    q = q.view(n, b, nh, hd).transpose(1, 2)  # (n, nh, b, hd), a view
+    k, v = (_spans(x, b, h, n).transpose(-1, -2) for x in (k, v))  # (n, nh, b + 2h, hd), views
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p,
+                                         scale=hd ** -0.5)  # (n, nh, b, hd)
+    return out.transpose(1, 2).reshape(n * b, nh, hd)[:T]  # (T, nh, hd)
 
 
-def _neighbours(x: torch.Tensor, b: int, nb: int, fill: float = 0.0) -> torch.Tensor:
-    """(..., S, d) -> (..., nb, 3b, d): for each block of b positions, blocks i - 1, i, i + 1."""
-    x = F.pad(x, (0, 0, b, nb * b - x.shape[-2] + b), value=fill)  # a block before and after
-    blocks = x.unflatten(-2, (nb + 2, b))  # (..., nb + 2, b, d)
-    return torch.cat([blocks[..., :-2, :, :], blocks[..., 1:-1, :, :], blocks[..., 2:, :, :]], dim=-2)
+def local_blocks(window: int) -> tuple[int, int]:
+    """(b, h): queries per block, and how far its keys reach beyond the block on each side."""
+    b = max(window // 4, 1)
+    return b, math.ceil((window // 2) / b) * b
 
 
-def local_key_mask(padding_mask: torch.Tensor | None, seq_len: int, window: int,
-                   device=None) -> torch.Tensor:
-    """Which of its 3b neighbouring keys each query of `blocked_local_attention` may see.
+def _spans(x: torch.Tensor, b: int, h: int, n: int, fill: float = 0.0) -> torch.Tensor:
+    """(T, ...) -> (n, ..., b + 2h): for block i, positions i * b - h to i * b + b + h - 1."""
+    x = F.pad(x, (0,) * (2 * x.dim() - 2) + (h, n * b - x.shape[0] + h), value=fill)
+    return x.unfold(0, b + 2 * h, b)  # overlapping windows of the padded x, a view
 
-    True when the key is in the sequence, within window // 2 and not padding; a query always
-    sees itself, so no row is empty. Returns (B or 1, 1, nb, b, 3b) bool.
+
+def local_key_mask(document: torch.Tensor, window: int,
+                   real: torch.Tensor | None = None) -> torch.Tensor:
+    """Which of its block's b + 2h keys each query of `blocked_local_attention` may see.
+
+    document: (T,) which sequence each token of the stream belongs to (its row, or its
+    document); real: (T,) bool, False at pad tokens, or None. A key is seen when it is in the
+    query's sequence, within window // 2 and not padding; a query always sees itself, so no row
+    is empty. Returns (n, 1, b, b + 2h) bool, broadcast over heads.
     """
-    b = max(window // 2, 1)
-    nb = math.ceil(seq_len / b)
-    query = torch.arange(nb * b, device=device).view(nb, b, 1)  # (nb, b, 1) positions
-    key = _neighbours(torch.arange(seq_len, device=device)[:, None], b, nb, fill=-1)
-    key = key[..., 0][:, None, :]  # (nb, 1, 3b) positions, -1 outside the sequence
-    allowed = (key >= 0) & ((query - key).abs() <= window // 2)  # (nb, b, 3b)
-    if padding_mask is not None:  # (B, S) -> (B, nb, 1, 3b): pad tokens are never keys
-        real = _neighbours(padding_mask[..., None].float(), b, nb)[..., 0] > 0  # (B, nb, 3b)
-        allowed = allowed & real[:, :, None, :]  # (B, nb, b, 3b)
-    allowed = allowed | (query == key)  # every query sees itself
-    return allowed[:, None] if padding_mask is not None else allowed[None, None]
+    T = document.shape[0]
+    b, h = local_blocks(window)
+    n = math.ceil(T / b)
+    position = torch.arange(T, device=document.device)
+    query = F.pad(position, (0, n * b - T), value=-1).view(n, b, 1)  # (n, b, 1); -1: past the end
+    query_doc = F.pad(document, (0, n * b - T), value=-1).view(n, b, 1)
+    key = _spans(position, b, h, n, fill=-1)[:, None, :]  # (n, 1, b + 2h); -1: outside
+    key_doc = _spans(document, b, h, n, fill=-2)[:, None, :]
+    allowed = (key_doc == query_doc) & ((query - key).abs() <= window // 2)  # (n, b, b + 2h)
+    if real is not None:  # pad tokens are never keys
+        allowed = allowed & _spans(real, b, h, n, fill=False)[:, None, :]
+    allowed[:, :, h:h + b] |= torch.eye(b, dtype=torch.bool, device=document.device)  # itself
+    return allowed[:, None]
 
 
 # ----------------------------------------------------------------------------- the backends
@@ -169,10 +181,17 @@ def _sdpa(q, k, v, batch, window, dropout_p):
 
 
 def _local(q, k, v, batch, window, dropout_p):
-    key_mask = batch.cached(("local_mask", window, batch.seq_len), lambda: local_key_mask(
-        batch.padding_mask, batch.seq_len, window, q.device))
-    out = blocked_local_attention(*map(_heads_first, (q, k, v)), window, key_mask, dropout_p)
-    return out.transpose(1, 2)
+    """Blocked over the batch's token stream: the rows of a padded batch, or its documents."""
+    if batch.is_unpadded:  # (T, nh, hd): the documents of cu_seqlens, back to back
+        stream = (q, k, v)
+        key_mask = batch.cached(("local_mask", window), lambda: local_key_mask(
+            batch.document_ids(), window))
+    else:  # (B, S, nh, hd) -> (B * S, nh, hd): the rows back to back
+        stream = [x.flatten(0, 1) for x in (q, k, v)]
+        real = None if batch.padding_mask is None else batch.padding_mask.flatten()
+        key_mask = batch.cached(("local_mask", window, q.shape[0]), lambda: local_key_mask(
+            torch.arange(q.shape[0] * q.shape[1], device=q.device) // q.shape[1], window, real))
+    return blocked_local_attention(*stream, window, key_mask, dropout_p).view(q.shape)
 
 
 def _varlen(q, k, v, batch, window, dropout_p):
@@ -186,20 +205,29 @@ def _varlen(q, k, v, batch, window, dropout_p):
             window_here = None  # the window covers the whole sequence
         else:
             window_here = window
-        run = _local if blocked_pays(length, window_here) else _sdpa
-        outputs.append(run(*one, sequence, window_here, dropout_p)[0])
+        outputs.append(_sdpa(*one, sequence, window_here, dropout_p)[0])
         start += length
     return torch.cat(outputs)  # (T, nh, hd)
 
 
 # Blocked local attention costs about the same per token at any length; dense + mask grows with
-# the length. Measured on 2 CPU cores (fp32, 12 heads of 64, window 128): blocked takes 3.2x the
-# time of dense + mask at 256 tokens, 1.5x at 512, 0.62x at 1024, 0.15x at 4096.
-BLOCKED_FROM = 6  # windows: "auto" runs local layers blocked from 6 x 128 = 768 tokens on
+# the length. Measured on 2 CPU cores (fp32, 12 heads of 64, window 128, 6,144 tokens per call):
+# blocked takes 1.4x the time of dense + mask at 128 tokens a sequence, 1.1x at 192, about the
+# same at 256 to 320, 0.75x at 384, 0.6x at 512 and 0.45x at 768.
+BLOCKED_FROM = 2  # windows: "auto" runs local layers blocked from 2 x 128 = 256 tokens on
 
 
-def blocked_pays(seq_len: int, window: int | None) -> bool:
+def blocked_pays(seq_len: float, window: int | None) -> bool:
+    """seq_len: the batch's sequence length, or for an unpadded batch `typical_length`."""
     return window is not None and seq_len >= BLOCKED_FROM * window
+
+
+def typical_length(batch: Batch) -> float:
+    """The length of the sequence an average token sits in: what a dense layer's work per token
+    grows with (sum of L^2 over sum of L; S for a padded batch)."""
+    if not batch.is_unpadded:
+        return batch.seq_len
+    return sum(n * n for n in batch.seqlens) / sum(batch.seqlens)
 
 
 def _tiled(q, k, v, batch, window, dropout_p):
@@ -240,7 +268,7 @@ class Backend:
 
     name: str
     run: Callable  # (q, k, v, batch, window, dropout_p) -> output, in `layout`
-    layout: str  # "padded" or "unpadded"
+    layout: str  # "padded", "unpadded", or "any" (it runs on both as they are)
     devices: tuple[str, ...]
     dtypes: tuple[torch.dtype, ...] = FLOATS
     layers: tuple[str, ...] = ("global", "local")
@@ -269,7 +297,7 @@ class Backend:
 BACKENDS = {b.name: b for b in (
     Backend("eager", _eager, "padded", ("cpu", "cuda", "mps"), dropout=True),
     Backend("sdpa", _sdpa, "padded", ("cpu", "cuda", "mps"), dropout=True),
-    Backend("local", _local, "padded", ("cpu", "cuda", "mps"), layers=("local",), dropout=True),
+    Backend("local", _local, "any", ("cpu", "cuda", "mps"), layers=("local",), dropout=True),
     Backend("varlen", _varlen, "unpadded", ("cpu", "cuda", "mps"), dropout=True),
     Backend("tiled", _tiled, "unpadded", ("cpu", "cuda", "mps")),
     Backend("triton", _triton, "unpadded", ("cpu", "cuda"), dtypes=(torch.float32, *HALVES),
@@ -281,10 +309,10 @@ assert ("auto", *BACKENDS) == ATTENTION_BACKENDS, "config.ATTENTION_BACKENDS lis
 
 # What "auto" tries, fastest first, per device and layout: the first that supports the call wins.
 AUTO = {
-    ("cuda", "unpadded"): ("flash_attn", "triton", "varlen"),
+    ("cuda", "unpadded"): ("flash_attn", "triton", "local", "varlen"),
     ("cuda", "padded"): ("flash_attn", "local", "sdpa"),
 }
-AUTO_DEFAULT = {"unpadded": ("varlen",), "padded": ("local", "sdpa")}
+AUTO_DEFAULT = {"unpadded": ("local", "varlen"), "padded": ("local", "sdpa")}
 
 
 def check_backend_name(name: str) -> str:
@@ -311,7 +339,7 @@ def choose(name: str, batch: Batch, q: torch.Tensor, window: int | None,
         return backend
     layout = "unpadded" if batch.is_unpadded else "padded"
     for candidate in AUTO.get((device, layout), AUTO_DEFAULT[layout]):
-        if candidate == "local" and not blocked_pays(batch.seq_len, window):
+        if candidate == "local" and not blocked_pays(typical_length(batch), window):
             continue  # short inputs: the dense mask is cheaper (see BLOCKED_FROM)
         if BACKENDS[candidate].supports(device, q.dtype, window, dropout_p,
                                         installed.get(candidate)) is None:
@@ -331,7 +359,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Batch,
            window: int | None = None, dropout_p: float = 0.0, backend: str = "auto") -> torch.Tensor:
     """Attention of rotated q, k, v: (B, S, nh, hd) padded or (T, nh, hd) unpadded, same out."""
     chosen = choose(backend, batch, q, window, dropout_p)
-    if (chosen.layout == "unpadded") == batch.is_unpadded:
+    if chosen.layout == "any" or (chosen.layout == "unpadded") == batch.is_unpadded:
         return chosen.run(q, k, v, batch, window, dropout_p)
     if batch.is_unpadded:  # a padded-only backend: into the padded grid and back
         grid = batch.as_padded()

@@ -27,4 +27,4 @@ class GeGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, H) -> (B, S, H)
         a, gate = self.Wi(x).chunk(2, dim=-1)  # (B, S, I) each
-        return self.Wo(self.drop(F.gelu(a) * gate))
+        return self.Wo(self.drop(F.gelu(a).mul_(gate)))  # gelu(a) * gate, into gelu's output

@@ -123,6 +123,10 @@ class Batch:
         """S of the padded layout (the padded grid's S for an unpadded batch)."""
         return self.shape[1] if self.is_unpadded else len(self.positions)
 
+    def document_ids(self) -> torch.Tensor:
+        """(T,) which sequence (row, or packed document) each token of an unpadded batch is in."""
+        return self.indices // self.shape[1]
+
     def cached(self, key, build):
         """build(), computed once per batch (so once per forward) under `key`."""
         if key not in self.cache:

@@ -50,8 +50,23 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     q, k: (B, nh, S, hd); cos, sin: (S, hd), or anything that broadcasts against q and k.
     Returns q and k rotated, in their own dtype.
     """
-    def rotate(x):
-        x32 = x.float()
-        return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
-    return rotate(q), rotate(k)
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x32 = x.float()
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+def apply_rope_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` in place, on queries and keys together: what the attention layers run.
+
+    qk: (..., 2, nh, hd), queries and keys as the fused Wqkv lays them out (a view into its
+    output); cos, sin broadcast against it. The rotation overwrites qk, so the only new tensor
+    is rotate_half's, and a long input needs no second copy of its queries and keys.
+    float32 and float64 rotate in their own dtype; float16 and bfloat16 in float32, copied back.
+    """
+    if qk.dtype not in (torch.float32, torch.float64):
+        return qk.copy_(_rotate(qk, cos, sin))
+    turned = rotate_half(qk).mul_(sin)
+    return qk.mul_(cos).add_(turned)  # qk * cos + rotate_half(qk) * sin, rounded as written

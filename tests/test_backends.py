@@ -132,9 +132,25 @@ def test_a_backend_that_cannot_run_says_why():
 
 
 def test_local_backend_costs_the_window_not_the_length():
-    """The blocked scores grow linearly with S: 3 * (window // 2) keys per query."""
-    key_masks = [backends.local_key_mask(None, n, 128).shape for n in (512, 4096)]
-    assert [m[-1] * m[-2] * m[-3] for m in key_masks] == [512 * 192, 4096 * 192]
+    """The blocked scores grow linearly with T: window + window // 4 keys per query."""
+    key_masks = [backends.local_key_mask(torch.zeros(n, dtype=torch.long), 128).shape
+                 for n in (512, 4096)]
+    assert [m[0] * m[-2] * m[-1] for m in key_masks] == [512 * 160, 4096 * 160]
+
+
+def test_local_blocks_straddle_documents_but_never_see_across():
+    """Blocks of the stream cut across documents (and rows); the mask keeps each to its own."""
+    lengths, window = [50, 3, 77, 31, 40], 16  # blocks of 4, spans of 20
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sum(lengths), NH, HD, generator=g, dtype=torch.float64) for _ in range(3))
+    batch = Batch.packed(torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()]))
+    out = attend(q, k, v, batch, window, 0.0, "local")
+    start = 0
+    for n in lengths:
+        one = [x[start:start + n][None] for x in (q, k, v)]  # (1, n, nh, hd): alone
+        alone = reference(*one, [n], window)[0]
+        torch.testing.assert_close(out[start:start + n], alone, rtol=0, atol=1e-12)
+        start += n
 
 
 def test_choose_can_be_asked_about_another_device():
