@@ -47,7 +47,11 @@ class Attention(nn.Module):
         self.out_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x, batch: Batch):
-        """x: (B, S, H) for a padded batch, (T, H) for an unpadded one; the output likewise."""
+        """x: (B, S, H) for a padded batch, (T, H) for an unpadded one; the output likewise.
+
+        RoPE rotates q and k inside Wqkv's output (a forward hook on Wqkv sees them rotated
+        afterwards); the layer's input is never changed.
+        """
         qkv = self.Wqkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))  # (..., 3, nh, hd)
         cos, sin = batch.rope(self.theta, self.head_dim)  # (S or T, hd), once per forward
         # rotate q and k in place, the same for every head: (S or T, 1, 1, hd) against (..., 2, nh, hd)

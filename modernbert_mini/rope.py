@@ -45,7 +45,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """Rotate queries and keys: x * cos + rotate_half(x) * sin, computed in float32.
+    """Rotate queries and keys: x * cos + rotate_half(x) * sin, in float32 at least.
 
     q, k: (B, nh, S, hd); cos, sin: (S, hd), or anything that broadcasts against q and k.
     Returns q and k rotated, in their own dtype.
@@ -54,7 +54,7 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x32 = x.float()
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # float16/bfloat16 -> float32
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
@@ -62,11 +62,18 @@ def apply_rope_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """`apply_rope` in place, on queries and keys together: what the attention layers run.
 
     qk: (..., 2, nh, hd), queries and keys as the fused Wqkv lays them out (a view into its
-    output); cos, sin broadcast against it. The rotation overwrites qk, so the only new tensor
-    is rotate_half's, and a long input needs no second copy of its queries and keys.
-    float32 and float64 rotate in their own dtype; float16 and bfloat16 in float32, copied back.
+    output); cos, sin broadcast against it. Half by half, x * cos + rotate_half(x) * sin is
+    (x1 c - x2 s, x2 c + x1 s), with c, s the halves' shared cos and sin: written that way it
+    overwrites qk and needs two half-size temporaries, not rotate_half's copy of everything, and
+    rounds exactly as the formula does. float32 and float64 rotate in their own dtype; float16
+    and bfloat16 in float32, copied back.
     """
     if qk.dtype not in (torch.float32, torch.float64):
         return qk.copy_(_rotate(qk, cos, sin))
-    turned = rotate_half(qk).mul_(sin)
-    return qk.mul_(cos).add_(turned)  # qk * cos + rotate_half(qk) * sin, rounded as written
+    half = qk.shape[-1] // 2
+    x1, x2 = qk[..., :half], qk[..., half:]  # views into qk (slices: autograd lets them change)
+    c, s = cos[..., :half], sin[..., :half]  # the second halves repeat the first
+    x2_s, x1_s = x2 * s, x1 * s
+    x1.mul_(c).sub_(x2_s)  # x1 c - x2 s
+    x2.mul_(c).add_(x1_s)  # x2 c + x1 s
+    return qk

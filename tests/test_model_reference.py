@@ -16,7 +16,7 @@ from modernbert_mini.attention import eager_attention, make_attention_mask, sdpa
 from modernbert_mini.config import ModernBertConfig
 from modernbert_mini.hub import load_hf_state_dict
 from modernbert_mini.mlp import GeGLU
-from modernbert_mini.rope import apply_rope, rope_cos_sin, rope_frequencies, rotate_half
+from modernbert_mini.rope import apply_rope, apply_rope_, rope_cos_sin, rope_frequencies, rotate_half
 
 TOL = 1e-5  # absolute, float32
 
@@ -113,6 +113,26 @@ def test_apply_rope_equals_reference():
     ours = apply_rope(q, k, cos, sin)
     ref = ref_modeling.apply_rotary_pos_emb(q, k, cos[None], sin[None], unsqueeze_dim=1)
     assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_in_place_rope_equals_apply_rope_bit_for_bit(dtype):
+    """The layers' in-place rotation, on q and k inside a Wqkv output, gives apply_rope's bits,
+    and gradients through it flow back to the projection's input."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 17, 48, dtype=dtype, requires_grad=True)
+    w = torch.randn(3 * 48, 48, dtype=dtype) * 0.1
+    cos, sin = rope_cos_sin(torch.arange(17), 16, 10_000.0)
+    qkv = (x @ w.T).unflatten(-1, (3, 3, 16))  # (B, S, 3, nh, hd)
+    q, k, v = qkv.detach().unbind(-3)
+    expected = apply_rope(q, k, cos[:, None], sin[:, None])
+    apply_rope_(qkv[..., :2, :, :], cos[:, None, None], sin[:, None, None])
+    assert torch.equal(qkv[..., 0, :, :], expected[0]) and torch.equal(qkv[..., 1, :, :], expected[1])
+    qkv.sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    q, k, v = (x2 @ w.T).unflatten(-1, (3, 3, 16)).unbind(-3)
+    (sum(t.sum() for t in apply_rope(q, k, cos[:, None], sin[:, None])) + v.sum()).backward()
+    assert torch.equal(x.grad, x2.grad)
 
 
 def test_rope_scores_depend_only_on_distance():
