@@ -212,8 +212,9 @@ def _varlen(q, k, v, batch, window, dropout_p):
 
 # Blocked local attention costs about the same per token at any length; dense + mask grows with
 # the length. Measured on 2 CPU cores (fp32, 12 heads of 64, window 128, 6,144 tokens per call):
-# blocked takes 1.4x the time of dense + mask at 128 tokens a sequence, 1.1x at 192, about the
-# same at 256 to 320, 0.75x at 384, 0.6x at 512 and 0.45x at 768.
+# one layer alone, blocked took 1.4x the time of dense + mask at 128 tokens a sequence and 0.5-0.8x
+# from 256 to 512 (noisy); in a 6-layer base model, the forward ties from 192 to 320 tokens and
+# is 0.96x at 384, 0.94x at 512.
 BLOCKED_FROM = 2  # windows: "auto" runs local layers blocked from 2 x 128 = 256 tokens on
 
 
