@@ -187,7 +187,8 @@ def triton_attention(q, k, v, cu_seqlens, max_seqlen, window=None, scale=None, *
                      block_size=None):
     """The contract of `tiled_attention`, computed by Triton kernels (forward and backward).
 
-    dtypes float32, float16, bfloat16 (bf16 on GPUs of capability >= 8.0); head dims up to 128
+    dtypes float32, float16, bfloat16 (bf16 on GPUs of capability >= 8.0 only, not in the
+    interpreter); head dims up to 128
     (padded inside to a power of two >= 16). block_size: rows per tile, a power of two >= 16;
     by default the largest of 64, 32, 16 whose tiles fit a T4's shared memory (fp16 with
     head dim 64: 64).
@@ -202,6 +203,9 @@ def triton_attention(q, k, v, cu_seqlens, max_seqlen, window=None, scale=None, *
     if (q.dtype == torch.bfloat16 and q.is_cuda
             and torch.cuda.get_device_capability(q.device) < MIN_CAPABILITY_BF16):
         raise ValueError("bfloat16 needs a GPU of compute capability >= 8.0; use float16 here")
+    if q.dtype == torch.bfloat16 and not q.is_cuda:  # its tl.dot would multiply the bit patterns
+        raise ValueError("bfloat16 does not run in Triton's CPU interpreter (it keeps bf16 as "
+                         "raw 16-bit integers); use float16 or float32 on the CPU")
     head_dim = q.shape[-1]
     if head_dim > 128:
         raise ValueError(f"triton_attention supports head dims up to 128, got {head_dim}")

@@ -19,7 +19,9 @@ S, NH, HD = 20, 2, 8
 WINDOWS = [None, 2, 4, 8, 64]  # 64: wider than any row
 
 
-CPU_BACKENDS = [name for name in BACKENDS if "cpu" in BACKENDS[name].devices]
+# (backend, device): every backend on the CPU, and on the GPU too where there is one
+DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+CASES = [(name, device) for device in DEVICES for name in BACKENDS if device in BACKENDS[name].devices]
 
 
 def reference(q, k, v, lengths, window):
@@ -58,18 +60,20 @@ def run_backend(name, layout, window, q, k, v, mask):
 
 @pytest.mark.parametrize("window", WINDOWS)
 @pytest.mark.parametrize("layout", ["padded", "unpadded"])
-@pytest.mark.parametrize("name", CPU_BACKENDS)
-def test_backend_values_and_gradients(name, layout, window, monkeypatch):
-    if name == "triton" and not torch.cuda.is_available():
+@pytest.mark.parametrize("name,device", CASES)
+def test_backend_values_and_gradients(name, device, layout, window, monkeypatch):
+    if name == "triton" and device == "cpu":
+        if torch.cuda.is_available():
+            pytest.skip("triton: Triton was imported for the GPU here, so it runs there")
         monkeypatch.setenv("TRITON_INTERPRET", "1")  # the kernel in Triton's CPU interpreter
-    if BACKENDS[name].supports("cpu", dtype_for(name), window, 0.0):
-        pytest.skip(f"{name}: {BACKENDS[name].supports('cpu', dtype_for(name), window, 0.0)}")
     dtype = dtype_for(name)
+    if BACKENDS[name].supports(device, dtype, window, 0.0):
+        pytest.skip(f"{name}: {BACKENDS[name].supports(device, dtype, window, 0.0)}")
     q, k, v, mask = inputs(dtype)
     tol = 1e-9 if dtype == torch.float64 else 2e-5
-    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    leaves = [x.to(device, copy=True).requires_grad_() for x in (q, k, v)]  # on the device
     ref_leaves = [x.detach().double().clone().requires_grad_() for x in (q, k, v)]
-    out = run_backend(name, layout, window, *leaves, mask)
+    out = run_backend(name, layout, window, *leaves, mask.to(device)).cpu()
     ref = reference(*ref_leaves, LENGTHS, window)
     real = mask[:, :, None, None].expand_as(out)
     torch.testing.assert_close(out[real].double(), ref[real], rtol=0, atol=tol)
@@ -78,11 +82,12 @@ def test_backend_values_and_gradients(name, layout, window, monkeypatch):
     (out.double() * weights * real).sum().backward()
     (ref * weights * real).sum().backward()
     for mine, theirs, what in zip(leaves, ref_leaves, "qkv"):
+        mine = mine.grad.cpu()
         # pad keys and values are never seen, pad queries are not in the loss: their gradient is 0
-        torch.testing.assert_close(mine.grad.double() * real, theirs.grad, rtol=0, atol=tol * 10,
+        torch.testing.assert_close(mine.double() * real, theirs.grad, rtol=0, atol=tol * 10,
                                    msg=lambda m: f"d{what}: {m}")
         if what in "kv":
-            assert mine.grad[~real].abs().max() == 0, f"a pad {what} got a gradient: it was attended to"
+            assert mine[~real].abs().max() == 0, f"a pad {what} got a gradient: it was attended to"
 
 
 @pytest.mark.parametrize("name", ["eager", "sdpa", "local"])
