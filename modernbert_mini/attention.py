@@ -23,6 +23,7 @@ from torch import nn
 from .backends import (attend, check_backend_name, eager_attention, make_attention_mask,  # noqa: F401
                        sdpa_attention, sliding_window_mask)
 from .padding import Batch
+from .linear import Linear  # nn.Linear, packed for CPU inference
 from .rope import apply_rope_
 
 
@@ -42,8 +43,8 @@ class Attention(nn.Module):
         self.theta = theta
         self.dropout = dropout
         self.backend = check_backend_name(backend)
-        self.Wqkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
-        self.Wo = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.Wqkv = Linear(hidden_size, 3 * hidden_size, bias=False)
+        self.Wo = Linear(hidden_size, hidden_size, bias=False)
         self.out_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x, batch: Batch):

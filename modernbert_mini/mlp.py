@@ -15,15 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear  # nn.Linear, packed for CPU inference
+
 
 class GeGLU(nn.Module):
     """Wo(gelu(a) * g) with a | g = Wi(x): hidden -> 2 * intermediate -> hidden, no biases."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, dropout: float = 0.0):
         super().__init__()
-        self.Wi = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
+        self.Wi = Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.drop = nn.Dropout(dropout)
-        self.Wo = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.Wo = Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, H) -> (B, S, H)
         a, gate = self.Wi(x).chunk(2, dim=-1)  # (B, S, I) each

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import Attention
 from .config import ModernBertConfig
 from .hub import HubMixin
+from .linear import Linear  # nn.Linear, packed for CPU inference
 from .mlp import GeGLU
 from .padding import Batch, _shape, pad, unpad
 
@@ -202,7 +203,7 @@ class PredictionHead(nn.Module):
 
     def __init__(self, config: ModernBertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.dense = Linear(config.hidden_size, config.hidden_size, bias=False)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., H)
@@ -361,7 +362,7 @@ class ModernBertForMaskedLM(PreTrainedModel):
         self.config = config
         self.model = ModernBertModel(config)
         self.head = PredictionHead(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        self.decoder = Linear(config.hidden_size, config.vocab_size, bias=True)
         self.decoder.weight = self.model.embeddings.tok_embeddings.weight  # tied: one (V, H) matrix
         init_weights(self.head, config)
         init_output(self, config)
@@ -422,7 +423,7 @@ class _Classifier(PreTrainedModel):
         self.model = ModernBertModel(config)
         self.head = PredictionHead(config)
         self.drop = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, num_labels, bias=True)
+        self.classifier = Linear(config.hidden_size, num_labels, bias=True)
         init_weights(self.head, config)
         init_output(self, config)
 

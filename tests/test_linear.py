@@ -1,0 +1,76 @@
+"""linear.Linear: nn.Linear's numbers and gradients, with the packed CPU path where it may run."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modernbert_mini import linear
+from modernbert_mini.linear import Linear, packing
+
+pytestmark = pytest.mark.skipif(not linear.ONEDNN, reason="this PyTorch has no oneDNN linear ops")
+
+
+def layer(bias=False, seed=0):
+    torch.manual_seed(seed)
+    return Linear(48, 80, bias=bias)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(5, 48), (3, 7, 48)])
+def test_packed_path_equals_f_linear(bias, shape):
+    lin = layer(bias)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        out = lin(x)
+    assert lin._packed is not None  # it took the packed path
+    exact = F.linear(x.double(), lin.weight.double(), None if lin.bias is None else lin.bias.double())
+    assert out.shape == exact.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_a_rows_result_does_not_depend_on_the_batch():
+    lin = layer()
+    x = torch.randn(300, 48)
+    with torch.inference_mode():
+        whole = lin(x)
+        assert all(torch.equal(lin(x[:n]), whole[:n]) for n in (1, 2, 17, 299))
+
+
+def test_with_gradients_it_is_nn_linear():
+    lin = layer(bias=True)
+    plain = torch.nn.Linear(48, 80)
+    plain.load_state_dict(lin.state_dict())
+    x = torch.randn(6, 48, requires_grad=True)
+    lin(x).square().sum().backward()
+    assert lin._packed is None  # the packed op has no backward: never used here
+    x2 = x.detach().clone().requires_grad_()
+    plain(x2).square().sum().backward()
+    assert torch.equal(x.grad, x2.grad) and torch.equal(lin.weight.grad, plain.weight.grad)
+
+
+def test_the_packed_weight_follows_the_weight():
+    lin = layer()
+    x = torch.randn(4, 48)
+    with torch.no_grad():
+        before = lin(x)
+        lin.weight.mul_(2)  # an optimizer step changes the weight in place
+        assert torch.allclose(lin(x), 2 * before, rtol=1e-5, atol=1e-6)
+        lin.load_state_dict(layer(seed=1).state_dict())
+        torch.testing.assert_close(lin(x), F.linear(x, layer(seed=1).weight), rtol=1e-5, atol=1e-6)
+
+
+def test_packing_off_autocast_and_copies():
+    lin = layer()
+    x = torch.randn(4, 48)
+    with torch.no_grad():
+        with packing(False):
+            assert torch.equal(lin(x), F.linear(x, lin.weight))
+        lin(x)
+        assert lin._packed is not None
+        twin = copy.deepcopy(lin)  # the packed copy stays behind; the twin makes its own
+        assert twin._packed is None and torch.equal(twin(x), lin(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert lin(x).dtype == torch.bfloat16  # autocast is F.linear's
+    assert list(lin.state_dict()) == ["weight"]
