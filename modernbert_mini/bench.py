@@ -17,9 +17,10 @@ and flash-attn columns.
     python -m modernbert_mini.bench [--out out/bench] [--cases full varlen long] [--compile]
 
 `--compile` adds rows for our model under torch.compile (Inductor, frozen weights; not for the
-long case). On the 2-core CPU of this project it does not pay: measured 0.85x the reference on
+long case). On the 2-core CPU of this project it did not pay: measured 0.85x the reference on
 (a) and 0.80x on (b), against eager's 1.09x and 2.23x in the same run, after 40 s or more of
-compiling. The matrix products, which compiling cannot speed up here, are 83% of eager's time.
+compiling (measured before linear.py's packed weights, which eager now uses and a compiled
+model does not: there Inductor handles the weights itself).
 """
 
 from __future__ import annotations
