@@ -12,6 +12,12 @@ from modernbert_mini.linear import Linear, packing
 pytestmark = pytest.mark.skipif(not linear.ONEDNN, reason="this PyTorch has no oneDNN linear ops")
 
 
+@pytest.fixture(autouse=True)
+def small_products_pack_too(monkeypatch):
+    """These tests' products are tiny: let them take the packed path all the same."""
+    monkeypatch.setattr(linear, "SMALL", 0)
+
+
 def layer(bias=False, seed=0):
     torch.manual_seed(seed)
     return Linear(48, 80, bias=bias)
@@ -74,3 +80,13 @@ def test_packing_off_autocast_and_copies():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert lin(x).dtype == torch.bfloat16  # autocast is F.linear's
     assert list(lin.state_dict()) == ["weight"]
+
+
+def test_a_tiny_product_stays_on_f_linear(monkeypatch):
+    monkeypatch.setattr(linear, "SMALL", 48 * 80 * 100)  # multiply-adds of 100 rows
+    lin = layer()
+    with torch.no_grad():
+        assert torch.equal(lin(torch.ones(99, 48)), F.linear(torch.ones(99, 48), lin.weight))
+        assert lin._packed is None
+        lin(torch.ones(100, 48))
+        assert lin._packed is not None
