@@ -89,7 +89,7 @@ def peak_matmul_flops(size: int = 2048, repeats: int = 5, device="cpu") -> dict:
     rates = {}
     with torch.inference_mode():
         for name, product in (("blas", lambda: a @ b), ("packed", lambda: packed(a))):
-            if name == "packed" and not packed._packs(a):
+            if name == "packed" and not packed.packs(a):
                 continue  # no packed path here (a GPU, or no oneDNN)
             product()
             best = math.inf

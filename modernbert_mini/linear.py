@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _PACKING = True
+ROWS_HINT = 4096  # the row count oneDNN lays the weight out for; any row count runs on it
 SMALL = 2 ** 21  # multiply-adds: below this, oneDNN's call overhead (about 20 us here) costs more
 # than it saves (measured: 64 -> 96 on 64 rows 0.5x the speed of F.linear, 768 -> 2304 on 1 row even)
 
@@ -70,7 +71,7 @@ class Linear(nn.Linear):
     _packed: tuple | None = None  # (the weight's identity, its packed copy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        if self._packs(x):
+        if self.packs(x):
             return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias,
                                                       "none", [], "")
         return F.linear(x, self.weight, self.bias)
@@ -80,7 +81,8 @@ class Linear(nn.Linear):
         state.pop("_packed", None)
         return state
 
-    def _packs(self, x: torch.Tensor) -> bool:
+    def packs(self, x: torch.Tensor) -> bool:
+        """Would this input take the packed path?"""
         if torch.compiler.is_compiling() or not (_PACKING and ONEDNN):
             return False  # (under compile, first: tracing stops at what follows)
         w = self.weight
@@ -93,5 +95,5 @@ class Linear(nn.Linear):
         identity = (w.data_ptr(), w._version, w.shape)  # changes when the weight does
         if self._packed is None or self._packed[0] != identity:
             with torch.no_grad():
-                self._packed = (identity, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 4096))
+                self._packed = (identity, torch.ops.mkldnn._reorder_linear_weight(w.detach(), ROWS_HINT))
         return self._packed[1]
