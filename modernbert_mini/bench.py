@@ -127,10 +127,11 @@ def _release_freed_memory() -> None:
         pass
 
 
-def peak_memory(run) -> int:
-    """Bytes a call adds at its peak: CUDA's allocator stats, or on Linux the resident memory's
-    high-water mark (reset before the call), above what was resident before it."""
-    if torch.cuda.is_available():
+def peak_memory(run, device: str | torch.device = "cpu") -> int:
+    """Bytes a call adds at its peak on `device`, where its tensors live: CUDA's allocator stats,
+    or on the CPU (Linux) the resident memory's high-water mark (reset before the call), above
+    what was resident before it. A GPU runtime's CPU work is measured on the CPU."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -220,7 +221,7 @@ def run(cases=("full", "varlen", "long"), long_layers: int = 6, repeats: int = 3
             outputs = {name: call() for name, call in impls.items()}  # compiles, once
             compile_seconds = time.perf_counter() - compile_start
             seconds = best_times(impls, repeats if case != "long" else max(1, repeats - 1))
-            memory = {name: peak_memory(call) for name, call in impls.items()}
+            memory = {name: peak_memory(call, device) for name, call in impls.items()}
         real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
         expected = outputs["transformers"].last_hidden_state[real].float()
         for name in impls:

@@ -7,35 +7,38 @@ files (with their docstrings and comments) are the code; the help topics of `pyd
 the language reference, ~0.45 M characters of English) and the library's .txt/.rst files are the
 prose. On Python 3.11: 692 documents, 10.5 M characters, 2.7 M tokens (8192-token BPE), 94% code.
 
-- `load_corpus()` builds the corpus once (well under a second), caches it as JSON lines, and
-  returns `Document`s in a fixed order. Exact duplicate texts are kept once.
+- The corpus ships with the package, as a snapshot read from CPython 3.11.7's standard library
+  (`assets/corpus/`, gzipped JSON lines, 2.6 MB; the library's PSF licence beside it), so every
+  Python, Colab's 3.12 included, reads the same documents and every number of the book is the same.
+  `load_corpus()` reads it and returns `Document`s in a fixed order; exact duplicate texts are kept
+  once. `build_corpus(root)` reads a standard library directory by the same rules, and
+  `write_snapshot()` (`make corpus`) remakes the snapshot from one.
 - The split is by file: `is_heldout(path)` puts a fixed ~20% of the files aside, by a stable
   hash of their path (not Python's salted `hash()`). They are the corpus's validation split and
   the source of every downstream test example (`tasks.py`), so no pretraining or fine-tuning run
   ever sees a test function.
 - Left out: the test suites (tests/, test/, idle_test/), site-packages, the generated codec
   tables of `encodings`, and build-time files (_sysconfigdata, config-*).
-- `corpus_tokenizer()` trains (once, then caches) the byte-level BPE of `tokenizer.py` on the
-  training split.
+- `corpus_tokenizer()` trains (once, then caches on disk) the byte-level BPE of `tokenizer.py` on
+  the training split.
 - `stream_corpus()` streams a large web corpus through `datasets` when online (FineWeb-Edu by
   default); `datasets` is imported only then.
-
-The corpus follows the Python it is read from: another Python version gives other sizes.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
+import gzip
 import hashlib
 import importlib
 import itertools
 import json
 import os
-import sys
 import sysconfig
 import tokenize
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -51,6 +54,7 @@ SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", 
 PYDOC_TOPICS = "pydoc_data/topics.py"  # the language reference's help pages: prose, not code
 NOT_PROSE = {"Grammar.txt", "PatternGrammar.txt"}  # lib2to3's grammars
 DEFAULT_STREAM = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
+SNAPSHOT = Path(__file__).parent / "assets" / "corpus" / "stdlib-3.11.7.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def default_cache_dir() -> Path:
 
 
 def stdlib_dir() -> Path:
-    """Where this Python's standard library lives."""
+    """Where this Python's standard library lives (what `write_snapshot` reads by default)."""
     return Path(sysconfig.get_paths()["stdlib"])
 
 
@@ -148,18 +152,45 @@ def build_corpus(root: str | Path | None = None) -> list[Document]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The cached corpus
+# The shipped snapshot, and caches that belong to it
 # ---------------------------------------------------------------------------------------------
+
+def write_snapshot(root: str | Path | None = None, path: str | Path = SNAPSHOT) -> Path:
+    """Build the corpus from a standard library (this Python's by default) and write it as the
+    gzipped JSON lines that `load_corpus` reads, byte for byte the same for the same library."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = (json.dumps({"id": d.id, "kind": d.kind, "text": d.text}, ensure_ascii=False) + "\n"
+            for d in build_corpus(root))
+    with path.open("wb") as raw, gzip.GzipFile("", "wb", 9, raw, mtime=0) as f:  # no name or date
+        f.write("".join(rows).encode("utf-8"))
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _snapshot_documents() -> tuple[Document, ...]:
+    """The shipped corpus, read once per process (about a fifth of a second)."""
+    with gzip.open(SNAPSHOT, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return tuple(Document(row["id"], row["kind"], "validation" if is_heldout(row["id"]) else "train",
+                          row["text"]) for row in rows)
+
+
+def snapshot_digest() -> str:
+    """The first 16 hex digits of the snapshot file's sha256: what the caches are keyed on."""
+    return hashlib.sha256(SNAPSHOT.read_bytes()).hexdigest()[:16]
+
 
 def cache_path(suffix: str, cache_dir: str | Path | None = None,
                root: str | Path | None = None) -> Path:
-    """A file in the cache directory that belongs to this corpus: its name holds the corpus format,
-    the Python version and the stdlib location, so a change in any of them builds anew."""
-    root = Path(root) if root is not None else stdlib_dir()
+    """A file in the cache directory that belongs to one corpus: the shipped snapshot (root None)
+    or the one built from the standard library at `root`. Its name holds the corpus format and a
+    fingerprint of the corpus, so a changed corpus never reads another's cache."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    fingerprint = stable_hash(f"{root.resolve()}|{sys.version}") % 16**8
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return cache_dir / f"stdlib-v{CORPUS_FORMAT}-py{version}-{fingerprint:08x}{suffix}"
+    if root is None:
+        return cache_dir / f"stdlib-v{CORPUS_FORMAT}-{snapshot_digest()}{suffix}"
+    fingerprint = stable_hash(str(Path(root).resolve())) % 16**8
+    return cache_dir / f"stdlib-v{CORPUS_FORMAT}-dir-{fingerprint:08x}{suffix}"
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -178,9 +209,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def load_corpus(split: str | None = None, kind: str | None = None, *,
-                cache_dir: str | Path | None = None, root: str | Path | None = None,
-                rebuild: bool = False) -> list[Document]:
-    """The stdlib corpus, built on first use and cached in `cache_dir` as JSON lines.
+                root: str | Path | None = None) -> list[Document]:
+    """The corpus that ships with the package, or the one built from the standard library at
+    `root` (a second or so).
 
     split: "train", "validation" or None for both; kind: "code", "prose" or None for both.
     """
@@ -188,12 +219,7 @@ def load_corpus(split: str | None = None, kind: str | None = None, *,
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     if kind not in (None, *KINDS):
         raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
-    cache = cache_path(".jsonl", cache_dir, root)
-    if rebuild or not cache.is_file():
-        docs = build_corpus(root)
-        write_jsonl(cache, map(asdict, docs))
-    else:
-        docs = [Document(**row) for row in read_jsonl(cache)]
+    docs = _snapshot_documents() if root is None else build_corpus(root)
     return [d for d in docs
             if (split is None or d.split == split) and (kind is None or d.kind == kind)]
 
@@ -224,7 +250,7 @@ def corpus_tokenizer(vocab_size: int = 8192, *, cache_dir: str | Path | None = N
     directory = cache_path(f"-bpe{tok.round_up(vocab_size)}", cache_dir, root)
     if (directory / tok.TOKENIZER_FILE).is_file():
         return tok.load_tokenizer(directory)
-    texts = corpus_texts("train", cache_dir=cache_dir, root=root)
+    texts = corpus_texts("train", root=root)
     tokenizer = tok.train_tokenizer(texts, vocab_size)
     tok.save_tokenizer(tokenizer, directory)
     return tokenizer

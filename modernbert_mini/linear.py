@@ -17,7 +17,9 @@ packed path only when all of these hold:
 - autograd has nothing to record (`torch.no_grad()` or `torch.inference_mode()`, or nothing
   requires a gradient): the packed op has no backward;
 - torch.compile is not tracing the model (its own freezing packs weights itself);
-- packing is on (`with packing(False):` turns it off, to compare).
+- packing is on (`with packing(False):` turns it off, to compare; the environment variable
+  `MODERNBERT_MINI_ONEDNN=0` turns it off for the whole process, as another CPU's kernels would
+  change the rounding: the book's checked outputs must not notice).
 
 The packed copy is kept, and made again when the weight changes (an optimizer step,
 `load_state_dict`, a move): one more copy of the weight in memory while it is kept.
@@ -26,12 +28,22 @@ The packed copy is kept, and made again when the weight changes (an optimizer st
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_PACKING = True
+
+def _packing_from_environment() -> bool:
+    value = os.environ.get("MODERNBERT_MINI_ONEDNN", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"MODERNBERT_MINI_ONEDNN must be 0 (F.linear only) or 1 (packed oneDNN "
+                         f"weights in CPU inference, the default), got {value!r}")
+    return value == "1"
+
+
+_PACKING = _packing_from_environment()
 ROWS_HINT = 4096  # the row count oneDNN lays the weight out for; any row count runs on it
 SMALL = 2 ** 21  # multiply-adds: below this, oneDNN's call overhead (about 20 us here) costs more
 # than it saves (measured: 64 -> 96 on 64 rows 0.5x the speed of F.linear, 768 -> 2304 on 1 row even)

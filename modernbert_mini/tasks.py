@@ -126,7 +126,7 @@ def stdlib_functions(*, cache_dir=None, root=None, rebuild: bool = False) -> lis
     if not rebuild and cache.is_file():
         return [Function(**row) for row in data.read_jsonl(cache)]
     functions = []
-    for doc in data.load_corpus(kind="code", cache_dir=cache_dir, root=root, rebuild=rebuild):
+    for doc in data.load_corpus(kind="code", root=root):
         try:
             functions += extract_functions(doc.text, doc.id)
         except SyntaxError:  # e.g. a file written for another Python version

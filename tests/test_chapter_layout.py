@@ -73,3 +73,23 @@ def test_chapter_was_executed_top_to_bottom_with_a_figure(path):
     assert not errors
     figures = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert figures, "every chapter shows at least one figure"
+
+
+def test_the_repository_address_lives_in_one_setting():
+    """Publishing the book is a one-line change in _config.yml: every Colab badge, install cell,
+    README line and setup page that points at the book's repository points at that one address."""
+    sources = [ROOT / "README.md", ROOT / "pyproject.toml", *sorted((ROOT / "book").rglob("*.md")),
+               *sorted((ROOT / "modernbert_mini").glob("*.py")), *sorted((ROOT / "tools").iterdir())]
+    texts = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sources if p.is_file()}
+    for path in CHAPTERS:
+        nb = nbformat.read(path, as_version=4)
+        texts[f"chapters/{path.name}"] = "\n".join(cell.source for cell in nb.cells)
+    others = {"computationalmodelling/nbval"}  # cited tools, not the book's repository
+    found = 0
+    for name, text in texts.items():
+        for address in re.findall(r"(?:github\.com|colab\.research\.google\.com/github)/([\w.-]+/[\w.-]+)", text):
+            if address in others:
+                continue
+            found += 1
+            assert address == REPO, f"{name} points at github.com/{address}, _config.yml at {REPO}"
+    assert found >= 2 * len(CHAPTERS) + 2  # badges, install cells, README

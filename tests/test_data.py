@@ -1,6 +1,9 @@
-"""data.py: the offline stdlib corpus, its cache and its fixed split, on a hand-made library and on
-the real one."""
+"""data.py: the offline stdlib corpus, its shipped snapshot and its fixed split, on a hand-made
+library and on the real one."""
 
+import gzip
+import hashlib
+import json
 import sys
 
 import pytest
@@ -55,14 +58,17 @@ def test_corpus_rules_on_a_hand_made_library(fake_stdlib):
         assert doc.split == ("validation" if data.is_heldout(doc.id) else "train")
 
 
-def test_cache_gives_back_the_same_documents(fake_stdlib, tmp_path):
-    built = data.load_corpus(cache_dir=tmp_path / "cache", root=fake_stdlib)
-    assert len(list((tmp_path / "cache").iterdir())) == 1
-    assert data.load_corpus(cache_dir=tmp_path / "cache", root=fake_stdlib) == built
-    write(fake_stdlib / "new.py", "new = True\n")
-    assert data.load_corpus(cache_dir=tmp_path / "cache", root=fake_stdlib) == built  # cached
-    rebuilt = data.load_corpus(cache_dir=tmp_path / "cache", root=fake_stdlib, rebuild=True)
-    assert "new.py" in {d.id for d in rebuilt}
+def test_a_snapshot_gives_back_the_built_corpus_byte_for_byte(fake_stdlib, tmp_path, monkeypatch):
+    first = data.write_snapshot(fake_stdlib, tmp_path / "one.jsonl.gz")
+    second = data.write_snapshot(fake_stdlib, tmp_path / "two.jsonl.gz")
+    assert first.read_bytes() == second.read_bytes()  # no date or path inside
+    monkeypatch.setattr(data, "SNAPSHOT", first)
+    data._snapshot_documents.cache_clear()
+    try:
+        assert data.load_corpus() == data.build_corpus(fake_stdlib) == data.load_corpus(root=fake_stdlib)
+        assert data.cache_path(".x", tmp_path).name == f"stdlib-v{data.CORPUS_FORMAT}-{data.snapshot_digest()}.x"
+    finally:
+        data._snapshot_documents.cache_clear()
 
 
 def test_the_split_is_a_fixed_hash_of_the_path():
@@ -73,12 +79,50 @@ def test_the_split_is_a_fixed_hash_of_the_path():
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return data.load_corpus(cache_dir=tmp_path_factory.mktemp("cache"))
+def corpus():
+    return data.load_corpus()
 
 
-def test_real_corpus_is_deterministic(corpus, tmp_path):
-    assert data.load_corpus(cache_dir=tmp_path) == corpus  # built again from scratch
+# What the shipped snapshot holds: CPython 3.11.7's library. A change here changes every number
+# of the book that rests on the corpus (the tokenizer, the checkpoint, the tasks, the chapters).
+SNAPSHOT_DOCUMENTS = 692
+SNAPSHOT_CHARACTERS = 10_513_972
+SNAPSHOT_SHA256 = "85793e7313276d43"  # of the ids and texts, in order
+SNAPSHOT_TOKENS = {"train": 2_118_409, "validation": 567_057}  # with corpus_tokenizer(8192)
+
+
+def content_digest(docs) -> str:
+    digest = hashlib.sha256()
+    for doc in docs:
+        digest.update(f"{doc.id}\0{doc.kind}\0{doc.split}\0{doc.text}\0".encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def test_the_shipped_corpus_is_pinned(corpus):
+    """The corpus is read from the package, never from the running Python's standard library, so
+    it is the same on every Python version (Colab's 3.12 included)."""
+    assert data.SNAPSHOT.is_file() and (data.SNAPSHOT.parent / "LICENSE").is_file()
+    assert (len(corpus), sum(len(d.text) for d in corpus)) == (SNAPSHOT_DOCUMENTS, SNAPSHOT_CHARACTERS)
+    assert content_digest(corpus) == SNAPSHOT_SHA256
+    tokenizer = data.corpus_tokenizer()
+    for split, tokens in SNAPSHOT_TOKENS.items():
+        assert data.corpus_size(data.load_corpus(split), tokenizer)["tokens"] == tokens, split
+
+
+def test_loading_never_reads_the_running_pythons_library(monkeypatch, tmp_path):
+    data._snapshot_documents.cache_clear()
+    monkeypatch.setattr(data, "stdlib_dir", lambda: tmp_path / "no-stdlib-here")
+    monkeypatch.setattr(data, "build_corpus", lambda root=None: pytest.fail("built from a library"))
+    try:
+        assert len(data.load_corpus()) == SNAPSHOT_DOCUMENTS
+    finally:
+        data._snapshot_documents.cache_clear()
+
+
+def test_the_snapshot_is_well_formed():
+    with gzip.open(data.SNAPSHOT, "rt", encoding="utf-8") as f:
+        first = f.readline()
+    assert set(json.loads(first)) == {"id", "kind", "text"}
 
 
 def test_real_corpus_shape(corpus):
@@ -95,13 +139,12 @@ def test_real_corpus_shape(corpus):
     assert 0.1 < heldout < 0.3
 
 
-def test_splits_and_kinds_select(corpus, tmp_path):
-    cache = {"cache_dir": tmp_path}
-    train = data.load_corpus("train", **cache)
-    prose = data.load_corpus("validation", "prose", **cache)
+def test_splits_and_kinds_select(corpus):
+    train = data.load_corpus("train")
+    prose = data.load_corpus("validation", "prose")
     assert train == [d for d in corpus if d.split == "train"]
     assert prose == [d for d in corpus if d.split == "validation" and d.kind == "prose"]
-    code = data.corpus_texts("train", "code", **cache)
+    code = data.corpus_texts("train", "code")
     assert code == [d.text for d in train if d.kind == "code"]
     prose_texts, code_texts = data.prose_and_code(corpus)
     assert len(prose_texts) + len(code_texts) == len(corpus)
@@ -122,9 +165,9 @@ def test_corpus_size_counts(corpus):
 
 
 @pytest.mark.parametrize("kwargs", [{"split": "test"}, {"kind": "docs"}])
-def test_bad_arguments(kwargs, tmp_path):
+def test_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="must be one of"):
-        data.load_corpus(cache_dir=tmp_path, **kwargs)
+        data.load_corpus(**kwargs)
 
 
 def test_missing_library_dir(tmp_path):

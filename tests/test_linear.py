@@ -1,6 +1,9 @@
 """linear.Linear: nn.Linear's numbers and gradients, with the packed CPU path where it may run."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -90,3 +93,22 @@ def test_a_tiny_product_stays_on_f_linear(monkeypatch):
         assert lin._packed is None
         lin(torch.ones(100, 48))
         assert lin._packed is not None
+
+
+@pytest.mark.parametrize("value, packs", [("0", False), ("1", True), (None, True)])
+def test_the_environment_turns_packing_off_for_the_process(value, packs):
+    env = {k: v for k, v in os.environ.items() if k != "MODERNBERT_MINI_ONEDNN"}
+    if value is not None:
+        env["MODERNBERT_MINI_ONEDNN"] = value
+    code = ("import torch; from modernbert_mini import linear; layer = linear.Linear(768, 768)\n"
+            "with torch.no_grad(): print(layer.packs(torch.ones(4096, 768)))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(packs and linear.ONEDNN)
+
+
+def test_a_bad_environment_value_says_what_is_allowed():
+    env = {**os.environ, "MODERNBERT_MINI_ONEDNN": "off"}
+    out = subprocess.run([sys.executable, "-c", "import modernbert_mini.linear"], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "MODERNBERT_MINI_ONEDNN must be 0" in out.stderr

@@ -2,7 +2,6 @@
 (modernbert_mini/assets/mini, `make mini-checkpoint`) against the log that came with it."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -34,10 +33,8 @@ def test_export_refuses_an_unfinished_run(tokenizer_dir, tmp_path):
 
 
 def test_committed_checkpoint_matches_its_log_and_beats_unigram():
+    # the corpus ships with the package, so this holds on every Python version, with no skip
     log = json.loads((PRETRAINED_DIR / LOG_FILE).read_text())
-    if tuple(log["python"]) != sys.version_info[:2]:
-        pytest.skip(f"the checkpoint was scored on Python {log['python']}'s stdlib corpus; "
-                    f"this is {sys.version_info[:2]}, whose validation split differs")
     again = validate(PRETRAINED_DIR)
     assert again["masked_tokens"] == log["validation"]["masked_tokens"]
     assert again["loss"] == pytest.approx(log["validation"]["loss"], abs=1e-4)

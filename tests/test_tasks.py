@@ -145,7 +145,7 @@ def assert_no_leak(train, test, text_of, cache_dir):
     train_files, test_files = {e.path for e in train}, {e.path for e in test}
     assert train_files.isdisjoint(test_files)
     assert all(data.is_heldout(path) for path in test_files)
-    pretraining_files = {d.id for d in data.load_corpus("train", cache_dir=cache_dir)}
+    pretraining_files = {d.id for d in data.load_corpus("train")}
     assert pretraining_files.isdisjoint(test_files)
     assert {text_of(e) for e in train}.isdisjoint(text_of(e) for e in test)
 
@@ -156,7 +156,7 @@ DIGEST = textwrap.dedent("""
     import hashlib, sys
     from modernbert_mini import data, tasks
     fresh, cached = sys.argv[1:]
-    built = (data.load_corpus(cache_dir=fresh), tasks.package_classification(cache_dir=cached),
+    built = (data.load_corpus(), tasks.package_classification(cache_dir=fresh),
              tasks.code_search(cache_dir=cached))
     print(hashlib.sha256(repr(built).encode()).hexdigest())
 """)
@@ -164,7 +164,7 @@ DIGEST = textwrap.dedent("""
 
 def test_same_corpus_and_tasks_in_every_process(classification, search, cache_dir, tmp_path):
     """Built again in processes whose str hashes differ (PYTHONHASHSEED): same corpus and tasks."""
-    here = (data.load_corpus(cache_dir=cache_dir), classification, search)
+    here = (data.load_corpus(), classification, search)
     expected = hashlib.sha256(repr(here).encode()).hexdigest()
     runs = [subprocess.Popen([sys.executable, "-c", DIGEST, str(tmp_path / seed), str(cache_dir)],
                              env={**os.environ, "PYTHONHASHSEED": seed},

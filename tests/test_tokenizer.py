@@ -43,13 +43,8 @@ def random_texts(n=200, seed=0):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("corpus-cache")
-
-
-@pytest.fixture(scope="module")
-def train_texts(cache_dir):
-    return data.corpus_texts("train", cache_dir=cache_dir)[:60]  # a small slice: fast
+def train_texts():
+    return data.corpus_texts("train")[:60]  # a small slice: fast
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +131,8 @@ def test_random_unicode_round_trips(bpe):
         assert bpe.decode(bpe.encode(text).ids, skip_special_tokens=True) == text, repr(text)
 
 
-def test_corpus_documents_round_trip(bpe, cache_dir):
-    for text in data.corpus_texts("validation", cache_dir=cache_dir)[:40]:
+def test_corpus_documents_round_trip(bpe):
+    for text in data.corpus_texts("validation")[:40]:
         assert bpe.decode(bpe.encode(text).ids) == text
 
 
