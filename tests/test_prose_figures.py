@@ -1,35 +1,31 @@
 """Every figure the prose states is shown by an output of the same notebook (issue 21).
 
-Prose is every markdown cell, the solutions in its ```{dropdown}``` included, and every figure
-caption (a code cell's `mystnb.figure.caption`). Skipped: math ($...$, $$...$$), code spans and
-fenced code, links, years, version numbers, references ("chapter 4", "cells 20-23", "layer 0"),
-and the exercise prompts (the "## Exercises" list before its dropdown), which propose settings.
+Prose: every markdown cell, the solutions in its ```{dropdown}``` included, and every figure
+caption (a code cell's `mystnb.figure.caption`). Skipped: math ($...$), code spans, fenced code,
+links, years, version numbers, references ("chapter 4", "cells 20-23", "layer 0"), and exercise
+prompts (the "## Exercises" list before its dropdown), which propose settings.
 
-A figure is a number with a unit (ms, s, min, KiB/MiB/GiB, MB/GB, GFLOP(/s), TFLOP(/s), M/B/T for
-millions/billions/trillions, tokens, steps, epochs, parameters, nats, seconds/minutes/hours), a
-percentage, a ratio (1.33x, "14 times"), or any number with a decimal point or exponent (a loss
-0.177, a bound 1e-5). A bare integer ("8 sequences", "base has 22 layers") is a setting a reader
-sees in the code, and is not checked in markdown; in a caption every number is checked.
+A figure: a number with a unit (ms, s, min, KiB/MiB/GiB, MB/GB, GFLOP(/s), TFLOP, M/B/T or
+"million" for scale, tokens, steps, epochs, parameters, nats), a percentage, a ratio (1.33x, "14
+times"), or any number with a decimal point or exponent (a loss 0.177, a rate 4e-3). A bare
+integer ("8 sequences") is a setting the reader sees in the code: checked only in captions.
 
-Supported means some output of the notebook (stream text, text/plain, text/markdown, text/html)
-shows a number that the figure is a rounding of, at the prose's precision: 0.08 by 0.078, 16% by
-15.5% or 0.155, 2.2x by 2.18, 3,504 by 3504, 5.3M by 5,312,000. A percentage needs an output shown
-as a percentage or with a decimal point, an "x" ratio one shown as a ratio ("16x the length") or
-with a decimal point: bare integers in outputs are too common to count.
-A setting (a count of tokens, steps, epochs or parameters, a percentage, a unitless decimal, any
-number of a caption) may instead be written in code, exactly, not rounded, comments not counting:
-4e-3 by `lr=4e-3`, 30% by `0.3`. For markdown any code cell counts. A caption describes the code
-that made its figure: the run of code cells that ends with its own, and the values assigned above
-it (`LR = 2e-3`, `warmup_steps=50`, `"p": 0.3`, `for step in (0, 25)`), not any stray argument.
-Timings, sizes, FLOPs and ratios are measurements: only outputs support them. A figure the prose
-works out by hand goes in math ($11.0 / 8.0 = 1.38$), where the reader sees the arithmetic.
+Supported: an output of the notebook (stream, text/plain, text/markdown, text/html) shows a number
+the figure is a rounding of, at the prose's precision: 0.08 by 0.078, 16% by 15.5% or 0.155, 2.2x
+by 2.18 or 2.18x, 3,504 by 3504, 5.3M by 5,312,000 tokens; not 16% by 16 ms or by an integer 16.
+"below 1e-5" is supported by a shown 2.7e-06 (a bound within 10x of what is shown).
+A setting (a bare number, tokens, steps, epochs, parameters, a scale, a percentage) may instead
+be written in code exactly, not rounded: assigned to a name, keyword or dict key, or looped over
+(`lr=4e-3`, `"p": 0.3` for 30%, `for step in (0, 25)`; n - 1 counts for n, the last index of
+`range(n)`). A caption may also use any number in the run of code cells ending with its own.
+Timings, sizes, FLOPs and ratios are measurements: only outputs support them. A figure worked out
+by hand goes in math ($11.0 / 8.0 = 1.38$), where the reader sees the arithmetic.
 
 Figures from elsewhere are marked where they stand (a list item or a table row is a sentence):
 - a sentence with a `{cite}` role states the cited work's figures, and is not checked;
-- a sentence that names a committed file in a code span, e.g. "(`modernbert_mini/assets/finetune/
-  results.md`)", is checked against that file's text as well as the outputs;
-- a sentence that names another chapter ("chapter 8 prints it") is checked against that chapter's
-  outputs as well;
+- a sentence naming a committed file in a code span, e.g. "(`modernbert_mini/assets/finetune/
+  results.md`)", or another chapter ("chapter 8 prints it") is checked against that file's text
+  or that chapter's outputs as well;
 - a sentence that says "not shown on this page" (our measurement, made elsewhere) is not checked.
 Nothing else exempts a figure: "in the committed run" or "in our runs" names no source.
 """
@@ -64,15 +60,24 @@ SKIP = re.compile(
     re.S | re.I)
 SENTENCE = re.compile(r"(?<=[.!?:;])\s+(?=[A-Z(*_])|\n(?=\s*(?:[-*+|]|\d+\.)\s)|\n\s*\n")
 EXTERNAL = re.compile(r"\{cite(?::\w+)?\}|not shown on this page", re.I)
-ASSIGNED = re.compile(rf"(?:(?<![=<>!])=|[\"']\s*:|\bin)\s*[(\[]?\s*((?:{NUM})(?:\s*,\s*(?:{NUM}))*)")
+ASSIGNED = re.compile(  # a value after "name =", "keyword=", '"key":' or "in": a setting
+    rf"(?:(?<![=<>!])=|[\"']\s*:|\bin)\s*[(\[]?\s*((?:{NUM})(?:\s*,\s*(?:{NUM}))*)")
+COSMETIC = re.compile(  # a plot's looks are no setting
+    r"\b(?:figsize|alpha|lw|linewidth|fontsize|ms|markersize|[xy]lim|dpi|zorder|bbox_to_anchor|"
+    r"rotation|[wh]space|pad|width|height)\s*=\s*(?:\([^)]*\)|[\w.]+)")
 EXERCISES = re.compile(r"^#+ Exercises\b.*?(?=^```\{dropdown\}|^#|\Z)", re.S | re.M)
 
 
+def parse(raw):
+    """The value of a number as written, and half its last digit: what its rounding allows."""
+    mantissa, _, exponent = raw.replace(",", "").lower().partition("e")
+    scale = 10.0 ** int(exponent or 0)
+    return float(mantissa) * scale, 0.5 * 10.0 ** -len(mantissa.partition(".")[2]) * scale
+
+
 def numbers(text):
-    """(value, unit, has a decimal point) of every number in a text, signs and thousands
-    separators dropped."""
-    return [(float(m[1].replace(",", "")), unit_of(m[2]), bool(re.search(r"[.eE]", m[1])))
-            for m in re.finditer(rf"({NUM})({UNIT})?", text)]
+    """(value, unit, half its last digit) of every number in a text, signs dropped."""
+    return [(*parse(m[1]), unit_of(m[2])) for m in re.finditer(rf"({NUM})({UNIT})?", text)]
 
 
 def unit_of(text):
@@ -93,8 +98,10 @@ def shown(path):
                      for mime in ("text/plain", "text/markdown", "text/html")]
         outputs += numbers(re.sub(r"<[^>]+>", " ", "\n".join(text)))
         source = re.sub(r"#.*", "", cell.source) if cell.cell_type == "code" else ""
-        code.append(([n[0] for n in numbers(source)],
-                     [n[0] for group in ASSIGNED.findall(source) for n in numbers(group)]))
+        source = COSMETIC.sub("", source)
+        every = [n[0] for n in numbers(source)]
+        assigned = [n[0] for group in ASSIGNED.findall(source) for n in numbers(group)]
+        code.append((every + [n - 1 for n in every], assigned + [n - 1 for n in assigned]))
     return nb, outputs, code
 
 
@@ -119,37 +126,50 @@ def prose(nb):
 
 
 def figures(text, bare=False):
-    """(number, unit) of each figure in a sentence, math, code and references removed."""
-    for m in FIGURE.finditer(SKIP.sub(" ", text)):
+    """(number, unit, bound) of each figure in a sentence, math, code and references removed;
+    bound: -1 after "below", "under", "less than", "at most", +1 after "above", "over" and such."""
+    for m in FIGURE.finditer(text := SKIP.sub(" ", text)):
         unit = unit_of(m[3])
+        before = text[max(0, m.start() - 12):m.start()].lower()
+        bound = (-1 if re.search(r"(below|under|less than|at most|<|≤)\s*$", before) else
+                 1 if re.search(r"(above|over|more than|at least|>|≥)\s*$", before) else 0)
         for raw in filter(None, (m[1], m[2])):
             if unit or bare or re.search(r"[.eE]", raw):  # bare integers: captions only
-                yield raw, unit
+                yield raw, unit, bound
 
 
-def supported(raw, unit, outputs, settings):
-    mantissa, _, exponent = raw.replace(",", "").lower().partition("e")
-    decimals = len(mantissa.partition(".")[2])
-    scale = 10.0 ** int(exponent or 0)
-    value, tol = float(mantissa) * scale, 0.5 * 10.0 ** -decimals * scale
-    near = lambda n, k=1: abs(n - value * k) <= tol * k * (1 + 1e-9)  # noqa: E731
-    for n, u, decimal in outputs:
-        if (unit == "%" and (u == "%" and near(n) or not u and decimal and near(n, 1e-2))
-                or unit == "x" and (u in ("x", "times") or not u and decimal) and near(n)
-                or unit == "times" and u in ("x", "times", "") and near(n)  # a count, a ratio
-                or unit in SCALE and (u == unit and near(n) or not u and near(n, SCALE[unit]))
-                or unit and u in ("", unit) and near(n)
-                or not unit and (near(n) or u == "%" and near(n, 100))):
+def shows(value, tol, unit, bound, n, half, u):
+    """Whether an output number n (written to +-half, with unit u) shows the figure."""
+    near = lambda k=1: abs(n - value * k) <= tol * k * (1 + 1e-9)  # noqa: E731
+    decimal = half < 0.5  # an integer in an output is too common to support a % or a ratio
+    if bound and u in ("", unit) and decimal:  # "below 1e-5": shown within 10x under the bound
+        low, high = (n + half, value) if bound < 0 else (value, n - half)
+        if low <= high * (1 + 1e-9) and high <= 10 * low:
             return True
-    setting = value / 100 if unit == "%" else value if unit in SETTINGS else None
-    return any(math.isclose(n, setting, rel_tol=1e-12) for n in settings if setting is not None)
+    if unit == "%":
+        return u == "%" and near() or not u and decimal and near(1e-2)
+    if unit in ("x", "times"):  # "9 times" may be a count
+        return (u in ("x", "times") or not u and (decimal or unit == "times")) and near()
+    if unit in SCALE:
+        return u == unit and near() or u in SETTINGS and near(SCALE[unit])
+    if not unit:  # a plain decimal: a loss, an accuracy, a rate
+        return near() or u == "%" and near(100)
+    return u in ("", unit) and near()
+
+
+def supported(raw, unit, bound, outputs, settings):
+    value, tol = parse(raw)
+    if any(shows(value, tol, unit, bound, *number) for number in outputs):
+        return True
+    setting = value / 100 if unit == "%" else value if unit in SETTINGS + tuple(SCALE) else None
+    return setting is not None and any(math.isclose(n, setting, rel_tol=1e-12) for n in settings)
 
 
 def unsupported(path):
     nb, outputs, code = shown(path)
     found, bad = 0, []
     for i, text, is_caption in prose(nb):
-        settings = [n for every, _ in code for n in every]
+        settings = [n for _, assigned in code for n in assigned]
         if is_caption:  # its block of code cells, and the settings assigned above it
             j = next(j for j in range(i, -1, -1) if j == 0 or nb.cells[j - 1].cell_type != "code")
             settings = [n for k, (every, assigned) in enumerate(code[:i + 1])
@@ -164,11 +184,15 @@ def unsupported(path):
             for n in re.findall(r"\bchapters? (\d+)", sentence, re.I):  # another chapter
                 extra += [x for p in CHAPTERS if p.name.startswith(f"{int(n):02d}_")
                           for x in shown(p)[1]]
-            for raw, unit in figures(sentence, bare=is_caption):
+            for raw, unit, bound in figures(sentence, bare=is_caption):
                 found += 1
-                if not supported(raw, unit, outputs + extra, settings):
-                    where = f"cell {i}{' caption' if is_caption else ''}"
-                    bad.append(f"{where}: {raw}{unit}  | {' '.join(sentence.split())[:120]}")
+                if not supported(raw, unit, bound, outputs + extra, settings):
+                    flat = " ".join(sentence.split())
+                    at = re.search(rf"(?<![\d.,]){re.escape(raw)}(?!\d)", flat)
+                    at = max(0, at.start() - 50) if at else 0
+                    bad.append(f"cell {i}{' caption' if is_caption else ''}: {raw}"
+                               f"{'' if unit in ('%', 'x') else ' '}{unit}".rstrip()
+                               + f"  | ...{flat[at:at + 120]}...")
     return found, bad
 
 
@@ -177,3 +201,18 @@ def test_prose_figures_are_shown_by_outputs(path):
     found, bad = unsupported(path)
     assert not bad, (f"{len(bad)} of {found} prose figures are shown by no output "
                      "(see this file's docstring for the markers):\n" + "\n".join(bad))
+
+
+def test_the_guard_fails_on_a_stale_figure(tmp_path):
+    """Figures the output shows pass; the same sentence with stale figures fails; a cited one is
+    not checked."""
+    output = nbformat.v4.new_output("stream", text="loss 0.1772, padding 15.3%, 2.18x the speed")
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("print(summary)", outputs=[output]),
+        nbformat.v4.new_markdown_cell("The loss is 0.177, padding 15% and the speed 2.2x. "
+                                      "The paper's loss is 1.9 {cite}`warner2024modernbert`."),
+        nbformat.v4.new_markdown_cell("The loss is 0.19, padding 16% and the speed 2.3x.")])
+    nbformat.write(nb, path := tmp_path / "guard.ipynb")
+    found, bad = unsupported(path)
+    assert found == 6 and [b.split("  |")[0] for b in bad] == ["cell 2: 0.19", "cell 2: 16%",
+                                                               "cell 2: 2.3x"]
