@@ -356,6 +356,20 @@ def available(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
                  b.supports(device, dtype, None, 0.0) is None)
 
 
+def runnable(rt: runtime.Runtime) -> tuple[str, ...]:
+    """Names of the backends that run on the machine `rt` describes, in its dtype, most readable
+    first (what chapter 0 prints as `runtime.detect().attention_backends`)."""
+    installed = {"flash_attn": rt.flash_attn, "triton": rt.triton}  # rt's facts, not this machine's
+    return tuple(name for name, backend in BACKENDS.items()
+                 if rt.device in backend.devices and rt.dtype in backend.dtypes
+                 and installed.get(name, True))
+
+
+# runtime.py knows the hardware and nothing of the backends; the question "which backends run
+# there" is this module's, and a Runtime reaches it as a property (chapter 0 asks it that way).
+runtime.Runtime.attention_backends = property(runnable)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Batch,
            window: int | None = None, dropout_p: float = 0.0, backend: str = "auto") -> torch.Tensor:
     """Attention of rotated q, k, v: (B, S, nh, hd) padded or (T, nh, hd) unpadded, same out."""

@@ -10,8 +10,9 @@ package will take here. The rules follow the hardware, not what a library is wil
 - Triton kernels (chapter 7) run on a CUDA GPU, or on the CPU in the interpreter when the
   environment variable TRITON_INTERPRET=1 is set.
 
-The attention backends themselves live with attention (chapters 4, 6 and 7); this module only says
-which of them this machine can run.
+This module knows the hardware, not the attention backends (chapters 4, 6 and 7): backends.py asks
+it what the machine offers and decides which of them run (`backends.runnable`, also reachable as
+`detect().attention_backends`).
 """
 
 from __future__ import annotations
@@ -43,16 +44,6 @@ class Runtime:
     def dtype(self) -> torch.dtype:
         """The dtype to train and run in here: bf16 where it is native, else fp32."""
         return torch.bfloat16 if self.bf16 else torch.float32
-
-    @property
-    def attention_backends(self) -> tuple[str, ...]:
-        """Names of the attention backends (backends.py) that run here, most readable first."""
-        from .backends import BACKENDS  # backends asks runtime about flash-attn: import late
-
-        installed = {"flash_attn": self.flash_attn, "triton": self.triton}  # this Runtime's facts
-        return tuple(name for name, backend in BACKENDS.items()
-                     if self.device in backend.devices and self.dtype in backend.dtypes
-                     and installed.get(name, True))
 
     def summary(self) -> str:
         """One line: what runs here."""
