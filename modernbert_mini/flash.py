@@ -42,7 +42,7 @@ import os
 
 import torch
 
-from .runtime import MIN_CAPABILITY_BF16, _triton_usable
+from .runtime import _triton_usable, cuda_capability, native_bf16
 
 try:  # Triton is optional: the `triton` extra, or the one that comes with CUDA builds of torch
     import triton
@@ -165,7 +165,9 @@ def _online_softmax_step(m, l, acc, scores, v_tile):
 
 # ----------------------------------------------------------------------------- in Triton
 def triton_supported(device: torch.device) -> bool:
-    """Can triton_attention run on `device`: CUDA with Triton, or the CPU in Triton's interpreter.
+    """Can triton_attention run on `device`: a CUDA GPU of capability >= 7.0 with Triton, or the
+    CPU in Triton's interpreter. (It runs on a T4, 7.5, without tensor cores: `backends` picks
+    PyTorch's kernels there unless it is named.)
 
     The interpreter needs TRITON_INTERPRET=1, set before triton is first imported: Triton
     decides then whether its own helpers (tl.max, tl.sum, ...) are compiled or interpreted.
@@ -174,8 +176,8 @@ def triton_supported(device: torch.device) -> bool:
     if triton is None or device.type not in ("cuda", "cpu"):
         return False
     if device.type == "cuda":
-        return torch.cuda.is_available() and _triton_usable(on_cuda=True)
-    return _triton_usable(on_cuda=False) and _interpreted(tl.max)
+        return torch.cuda.is_available() and _triton_usable(cuda_capability(device))
+    return _triton_usable(None) and _interpreted(tl.max)
 
 
 def _interpreted(jitted) -> bool:
@@ -200,9 +202,9 @@ def triton_attention(q, k, v, cu_seqlens, max_seqlen, window=None, scale=None, *
                          f"imported (Triton installed: {triton is not None})")
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"triton_attention takes float32, float16 or bfloat16, got {q.dtype}")
-    if (q.dtype == torch.bfloat16 and q.is_cuda
-            and torch.cuda.get_device_capability(q.device) < MIN_CAPABILITY_BF16):
-        raise ValueError("bfloat16 needs a GPU of compute capability >= 8.0; use float16 here")
+    if q.dtype == torch.bfloat16 and q.is_cuda and not native_bf16(cuda_capability(q.device)):
+        raise ValueError(f"bfloat16 needs a GPU of compute capability >= 8.0 (bf16 units), this one "
+                         f"has {cuda_capability(q.device)}: use float16 here")
     if q.dtype == torch.bfloat16 and not q.is_cuda:  # its tl.dot would multiply the bit patterns
         raise ValueError("bfloat16 does not run in Triton's CPU interpreter (it keeps bf16 as "
                          "raw 16-bit integers); use float16 or float32 on the CPU")

@@ -38,7 +38,7 @@ if HAVE_TRITON and not ON_GPU and "triton" not in sys.modules:
 
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402 (it imports triton)
 
-from modernbert_mini import flash  # noqa: E402
+from modernbert_mini import flash, runtime  # noqa: E402
 from modernbert_mini.flash import tiled_attention, triton_attention, triton_supported  # noqa: E402
 
 INTERPRETER_HERE = HAVE_TRITON and not ON_GPU and (
@@ -229,7 +229,7 @@ def test_triton_head_dims_scale_and_default_tiles(triton_here, head_dim, tile):
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
 def test_triton_half_precision(dtype, tol, triton_here):
     q, k, v, cu_seqlens = packed(LENGTHS, dtype=dtype)
-    if dtype == torch.bfloat16 and not (ON_GPU and torch.cuda.is_bf16_supported()):
+    if dtype == torch.bfloat16 and not runtime.native_bf16(runtime.cuda_capability()):
         with pytest.raises(ValueError, match="bfloat16"):  # the interpreter, or a T4: refused
             run_triton(q, k, v, cu_seqlens, max(LENGTHS), 8, block_size=BLOCK)
         return
@@ -246,7 +246,8 @@ def test_triton_supported(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not triton_supported(torch.device("cpu"))
     assert not triton_supported(torch.device("meta"))
-    assert triton_supported(torch.device("cuda")) == (HAVE_TRITON and ON_GPU)
+    assert triton_supported(torch.device("cuda")) == (
+        HAVE_TRITON and ON_GPU and runtime.cuda_capability() >= runtime.MIN_CAPABILITY_TRITON)
 
 
 def test_triton_runs_on_the_cpu_in_the_interpreter(monkeypatch):
