@@ -249,7 +249,8 @@ def _tiled(q, k, v, batch, window, dropout_p):
 
 def _triton(q, k, v, batch, window, dropout_p):
     from .flash import triton_attention
-    return triton_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, window)
+    return triton_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, window,
+                            seqlens=batch.seqlens)  # the host lengths: no sync per layer
 
 
 def _flash_attn(q, k, v, batch, window, dropout_p):

@@ -330,3 +330,49 @@ def test_no_tokens(triton_here):
     q, k, v, cu_seqlens = packed([])
     assert tiled_attention(q, k, v, cu_seqlens, 0).shape == (0, 2, 16)
     assert run_triton(q, k, v, cu_seqlens, 0).shape == (0, 2, 16)
+
+
+# ----------------------------------------------------------------------------- no sync per call
+class _Reads(torch.overrides.TorchFunctionMode):
+    """Records every tensor function called: tolist/item would copy from the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+COPIES = {"tolist", "item", "__bool__", "__int__", "__index__", "cpu", "numpy"}
+
+
+def test_host_lengths_spare_the_copy_from_the_device():
+    good = _good()
+    with _Reads() as reads:
+        offsets, _ = flash._check_inputs(*good.values(), None, None, seqlens=(5, 7))
+    assert offsets == [0, 5, 12]
+    assert not COPIES & set(reads.names), reads.names
+    with _Reads() as reads:  # without them, cu_seqlens is read (the copy this test would catch)
+        flash._check_inputs(*good.values(), None, None)
+    assert "tolist" in reads.names
+
+
+@pytest.mark.parametrize("seqlens, message", [
+    ((5, 6), "T = 12"), ((12,), "has 1 lengths but cu_seqlens has 3 offsets"),
+    ((3, 9), "shorter than the longest sequence \\(9")])
+def test_host_lengths_are_checked(seqlens, message):
+    with pytest.raises(ValueError, match=message):
+        flash._check_inputs(*_good().values(), None, None, seqlens=seqlens)
+
+
+def test_the_backend_passes_the_batchs_host_lengths(monkeypatch):
+    from modernbert_mini import backends
+    from modernbert_mini.padding import Batch
+
+    seen = {}
+    monkeypatch.setattr(flash, "triton_attention", lambda *a, **kw: seen.update(kw) or a[0])
+    q, k, v, cu_seqlens = packed([5, 7])
+    backends._triton(q, k, v, Batch.packed(cu_seqlens), 8, 0.0)
+    assert seen["seqlens"] == (5, 7)
