@@ -6,7 +6,8 @@ package will take here. The rules follow the hardware, not what a library is wil
 - bf16 only on a CUDA GPU of compute capability >= 8.0 (A100, L4, H100). A T4 (7.5) can emulate
   bf16, slowly; we count that as no. On the CPU we stay in fp32 (CPUs without native bf16 units
   run bf16 matrix products far slower than fp32).
-- FlashAttention-2 (the optional `flash-attn` package) needs CUDA and capability >= 8.0.
+- FlashAttention-2 (the optional `flash-attn` package, installed as its own step with
+  `pip install flash-attn --no-build-isolation`, see the README) needs CUDA and capability >= 8.0.
 - Triton kernels (chapter 7) run on a CUDA GPU of capability >= 7.0 (Triton supports nothing
   older), or on the CPU in the interpreter when the environment variable TRITON_INTERPRET=1 is
   set. Below 8.0 (a T4) they run without tensor cores, so the backends pick PyTorch's kernels there.
