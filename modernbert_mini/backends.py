@@ -16,20 +16,22 @@ only keys at distance <= window // 2. They differ in how much work and memory th
 
 Each backend declares what it supports (layouts, devices, dtypes, global/local layers, dropout,
 and on CUDA the compute capability). `attend` picks one at forward time for the device, dtype,
-GPU and input ("auto"), or runs the one named; a backend handed the other layout gets the batch converted (unpadded <-> padded), so any
-backend runs on any input ("local" takes both as they are: it works on the stream of tokens). Dense masks are built only by the backends that need them, once per
-forward and window (cached on the Batch).
+GPU and input ("auto"), or runs the one named; a backend handed the other layout gets the batch
+converted (unpadded <-> padded), so any backend runs on any input ("local" takes both as they
+are: it works on the stream of tokens). Dense masks are built only by the backends that need
+them, once per forward and window (cached on the Batch).
 
 q, k, v arrive as (B, S, nh, hd) for a padded batch and (T, nh, hd) for an unpadded one, already
 rotated by RoPE; the output has the same shape.
 
 On a GPU the capability decides (runtime.py holds the thresholds):
 
-| capability        | "auto" picks                          | forcing triton / flash_attn           |
-|-------------------|---------------------------------------|---------------------------------------|
-| >= 8.0 (A100, L4, H100) | flash_attn, else triton, else PyTorch's | runs, bf16 included             |
-| 7.x (T4, V100)    | PyTorch's kernels (local, varlen, sdpa) | triton in fp32/fp16 (no tensor cores); bf16 and flash_attn: ValueError |
-| < 7.0 (P100)      | PyTorch's kernels                     | ValueError: Triton does not run there |
+| capability              | "auto" picks                            | forcing triton / flash_attn            |
+|-------------------------|-----------------------------------------|----------------------------------------|
+| >= 8.0 (A100, L4, H100) | flash_attn, else triton, else PyTorch's | both run, bf16 included                |
+| 7.x (V100, T4)          | PyTorch's kernels (local, varlen, sdpa) | triton in fp32/fp16, no tensor cores;  |
+|                         |                                         | its bf16, and flash_attn: ValueError   |
+| < 7.0 (P100)            | PyTorch's kernels                       | ValueError: Triton does not run there  |
 
 bf16 counts only where the GPU has bf16 units (>= 8.0): a T4 emulates it, so a model moved to
 bf16 there runs PyTorch's kernels (slowly) rather than a compiled kernel that would refuse it.

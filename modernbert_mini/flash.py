@@ -106,7 +106,8 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, window, scale,
         offsets = [0, *itertools.accumulate(seqlens)]  # on the host, no copy from the device
     lengths = [end - start for start, end in zip(offsets[:-1], offsets[1:])]
     if offsets[0] != 0 or offsets[-1] != q.shape[0] or min(lengths, default=0) < 0:
-        raise ValueError(f"cu_seqlens must rise from 0 to T = {q.shape[0]} (the number of "
+        given = "cu_seqlens" if seqlens is None else "the offsets of seqlens"
+        raise ValueError(f"{given} must rise from 0 to T = {q.shape[0]} (the number of "
                          f"tokens), got {offsets[:4]}{' ...' if len(offsets) > 4 else ''} "
                          f"ending at {offsets[-1]}")
     if max(lengths, default=0) > max_seqlen:
