@@ -291,10 +291,20 @@ FORWARD_LAUNCH = dict(num_warps=4, num_stages=2)  # what each kernel is launched
 BACKWARD_LAUNCH = dict(num_warps=4, num_stages=1)
 
 
+GRID_YZ_LIMIT = 65_535  # CUDA's most programs on grid axes 1 and 2 (axis 0: 2^31 - 1)
+
+
 def _grid(cu_seqlens, max_seqlen, block_size, nh):
     """(sequences, tiles of the longest, heads): sequences on axis 0, the only one CUDA lets go
     past 65,535 programs (a packed batch of short documents can have more)."""
-    return (len(cu_seqlens) - 1, triton.cdiv(max_seqlen, block_size), nh)
+    grid = (len(cu_seqlens) - 1, triton.cdiv(max_seqlen, block_size), nh)
+    for what, count in (("tiles of the longest sequence (max_seqlen / block_size)", grid[1]),
+                        ("heads", grid[2])):
+        if count > GRID_YZ_LIMIT:
+            raise ValueError(f"triton_attention launches one program per sequence, tile and head: "
+                             f"{count:,} {what} is more than CUDA's {GRID_YZ_LIMIT:,} on that "
+                             f"axis (max_seqlen={max_seqlen}, block_size={block_size}, nh={nh})")
+    return grid
 
 
 def _on_device_of(x):

@@ -376,3 +376,14 @@ def test_the_backend_passes_the_batchs_host_lengths(monkeypatch):
     q, k, v, cu_seqlens = packed([5, 7])
     backends._triton(q, k, v, Batch.packed(cu_seqlens), 8, 0.0)
     assert seen["seqlens"] == (5, 7)
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason=NO_TRITON)
+def test_the_grid_puts_sequences_on_the_unbounded_axis():
+    cu_seqlens = torch.zeros(70_001, dtype=torch.int32)  # 70,000 sequences: more than 65,535
+    assert flash._grid(cu_seqlens, 1000, 64, 12) == (70_000, 16, 12)
+    with pytest.raises(ValueError, match="65,536 tiles of the longest sequence .* more than "
+                                         "CUDA's 65,535"):
+        flash._grid(cu_seqlens, 65_536 * 16, 16, 12)
+    with pytest.raises(ValueError, match="70,000 heads"):
+        flash._grid(cu_seqlens, 16, 16, 70_000)
