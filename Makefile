@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: book test notebooks browser clean bench pretrain finetune mini-checkpoint corpus
+.PHONY: book test notebooks browser clean bench pretrain finetune mini-checkpoint corpus wheelhouse
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -73,6 +73,17 @@ finetune: $(STAMP)
 ## the checkpoint, the tasks and the chapters' numbers move with it.
 corpus: $(STAMP)
 	$(PY) -c "import modernbert_mini.data as d; print(d.write_snapshot())"
+
+## make wheelhouse: wheels for tools/gpu_check.sh on a GPU machine without network (its Python 3.12,
+## x86-64): tools/gpu_requirements.txt and their dependencies, less the big ones that the device
+## image already holds (WHEELHOUSE_ON_GPU), so that the folder travels with the tree (~30 MB)
+WHEELHOUSE_ON_GPU ?= numpy matplotlib pillow fonttools kiwisolver contourpy
+wheelhouse: $(STAMP)
+	$(PY) -m pip download -q --disable-pip-version-check --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d wheelhouse -r tools/gpu_requirements.txt
+	cd wheelhouse && for name in $(WHEELHOUSE_ON_GPU); do rm -f $$name-[0-9]*.whl; done
+	@du -sh wheelhouse
 
 ## headless Chromium for the browser test, from Debian's packages
 browser:

@@ -14,14 +14,27 @@ only keys at distance <= window // 2. They differ in how much work and memory th
 | triton     | unpadded | a Triton FlashAttention kernel, forward and backward        | 7       |
 | flash_attn | unpadded | the flash-attn package (CUDA, capability >= 8.0)            | 7       |
 
-Each backend declares what it supports (layouts, devices, dtypes, global/local layers, dropout).
-`attend` picks one at forward time for the device, dtype and input ("auto"), or runs the one
-named; a backend handed the other layout gets the batch converted (unpadded <-> padded), so any
-backend runs on any input ("local" takes both as they are: it works on the stream of tokens). Dense masks are built only by the backends that need them, once per
-forward and window (cached on the Batch).
+Each backend declares what it supports (layouts, devices, dtypes, global/local layers, dropout,
+and on CUDA the compute capability). `attend` picks one at forward time for the device, dtype,
+GPU and input ("auto"), or runs the one named; a backend handed the other layout gets the batch
+converted (unpadded <-> padded), so any backend runs on any input ("local" takes both as they
+are: it works on the stream of tokens). Dense masks are built only by the backends that need
+them, once per forward and window (cached on the Batch).
 
 q, k, v arrive as (B, S, nh, hd) for a padded batch and (T, nh, hd) for an unpadded one, already
 rotated by RoPE; the output has the same shape.
+
+On a GPU the capability decides (runtime.py holds the thresholds):
+
+| capability              | "auto" picks                            | forcing triton / flash_attn            |
+|-------------------------|-----------------------------------------|----------------------------------------|
+| >= 8.0 (A100, L4, H100) | flash_attn, else triton, else PyTorch's | both run, bf16 included                |
+| 7.x (V100, T4)          | PyTorch's kernels (local, varlen, sdpa) | triton in fp32/fp16, no tensor cores;  |
+|                         |                                         | its bf16, and flash_attn: ValueError   |
+| < 7.0 (P100)            | PyTorch's kernels                       | ValueError: Triton does not run there  |
+
+bf16 counts only where the GPU has bf16 units (>= 8.0): a T4 emulates it, so a model moved to
+bf16 there runs PyTorch's kernels (slowly) rather than a compiled kernel that would refuse it.
 """
 
 from __future__ import annotations
@@ -238,7 +251,8 @@ def _tiled(q, k, v, batch, window, dropout_p):
 
 def _triton(q, k, v, batch, window, dropout_p):
     from .flash import triton_attention
-    return triton_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, window)
+    return triton_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, window,
+                            seqlens=batch.seqlens)  # the host lengths: no sync per layer
 
 
 def _flash_attn(q, k, v, batch, window, dropout_p):
@@ -259,6 +273,10 @@ def _triton_here(device: str) -> bool:
     return triton_supported(torch.device(device))
 
 
+def _version(capability: tuple[int, int]) -> str:
+    return "{}.{}".format(*capability)
+
+
 FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 HALVES = (torch.float16, torch.bfloat16)
 
@@ -275,12 +293,17 @@ class Backend:
     layers: tuple[str, ...] = ("global", "local")
     dropout: bool = False
     usable: Callable[[str], bool] = lambda device: True  # installed and runnable on this device
+    min_capability: tuple[int, int] | None = None  # CUDA: the oldest GPU it runs on (None: any)
+    auto_capability: tuple[int, int] | None = None  # CUDA: the oldest GPU "auto" picks it on
+    native_bf16: bool = False  # bf16 only on GPUs with bf16 units, never emulated
 
     def supports(self, device: str, dtype: torch.dtype, window: int | None, dropout_p: float,
-                 installed: bool | None = None) -> str | None:
+                 installed: bool | None = None,
+                 capability: tuple[int, int] | None = None) -> str | None:
         """None if this backend can run the call, else the reason it cannot.
 
-        installed: say whether it is installed and runnable instead of asking `usable`.
+        installed: say whether it is installed and runnable instead of asking `usable`;
+        capability: the CUDA GPU's (major, minor), None where unknown or not CUDA.
         """
         layer = "global" if window is None else "local"
         usable = self.usable(device) if installed is None else installed
@@ -288,6 +311,14 @@ class Backend:
             return f"it does not run on {device} here"
         if dtype not in self.dtypes:
             return f"it does not take {dtype}"
+        if device == "cuda" and capability is not None:
+            if self.min_capability is not None and tuple(capability) < self.min_capability:
+                return (f"it needs a GPU of compute capability >= {_version(self.min_capability)}, "
+                        f"this one has {_version(capability)}")
+            if dtype == torch.bfloat16 and self.native_bf16 and not runtime.native_bf16(capability):
+                return (f"bfloat16 needs compute capability >= {_version(runtime.MIN_CAPABILITY_BF16)} "
+                        f"(bf16 units), this GPU has {_version(capability)} and only emulates "
+                        f"it: use float16 or float32")
         if layer not in self.layers:
             return f"it has no {layer} layers"
         if dropout_p > 0 and not self.dropout:
@@ -302,13 +333,16 @@ BACKENDS = {b.name: b for b in (
     Backend("varlen", _varlen, "unpadded", ("cpu", "cuda", "mps"), dropout=True),
     Backend("tiled", _tiled, "unpadded", ("cpu", "cuda", "mps")),
     Backend("triton", _triton, "unpadded", ("cpu", "cuda"), dtypes=(torch.float32, *HALVES),
-            usable=_triton_here),
+            usable=_triton_here, min_capability=runtime.MIN_CAPABILITY_TRITON,
+            auto_capability=runtime.MIN_CAPABILITY_TRITON_DOT, native_bf16=True),
     Backend("flash_attn", _flash_attn, "unpadded", ("cuda",), dtypes=HALVES, dropout=True,
-            usable=lambda device: _flash_attn_here()),
+            usable=lambda device: _flash_attn_here(),
+            min_capability=runtime.MIN_CAPABILITY_FLASH_ATTN, native_bf16=True),
 )}
 assert ("auto", *BACKENDS) == ATTENTION_BACKENDS, "config.ATTENTION_BACKENDS lists these names"
 
-# What "auto" tries, fastest first, per device and layout: the first that supports the call wins.
+# What "auto" tries, fastest first, per device and layout: the first that supports the call wins
+# (on a GPU below a backend's auto_capability, it is passed over).
 AUTO = {
     ("cuda", "unpadded"): ("flash_attn", "triton", "local", "varlen"),
     ("cuda", "padded"): ("flash_attn", "local", "sdpa"),
@@ -324,36 +358,64 @@ def check_backend_name(name: str) -> str:
 
 def choose(name: str, batch: Batch, q: torch.Tensor, window: int | None,
            dropout_p: float = 0.0, *, device: str | None = None,
-           installed: dict[str, bool] | None = None) -> Backend:
+           installed: dict[str, bool] | None = None,
+           capability: tuple[int, int] | None = None) -> Backend:
     """The backend that runs this call: the one named, or for "auto" the fastest that can.
 
-    device and installed ({"flash_attn": True, ...}) ask what would run elsewhere: on another
-    device than q's, with other packages than this machine has.
+    device, installed ({"flash_attn": True, ...}) and capability ((7, 5) for a T4) ask what would
+    run elsewhere: on another device than q's, with other packages than this machine has, on
+    another GPU. capability=None reads q's GPU (or this machine's, asked about "cuda"); where
+    there is none to read, no capability rule applies.
     """
     device = q.device.type if device is None else device
     installed = installed or {}
+    if capability is None and device == "cuda":
+        capability = runtime.cuda_capability(q.device if q.is_cuda else None)
     if name != "auto":
         backend = BACKENDS[check_backend_name(name)]
-        why_not = backend.supports(device, q.dtype, window, dropout_p, installed.get(name))
+        why_not = backend.supports(device, q.dtype, window, dropout_p, installed.get(name),
+                                   capability)
         if why_not:
             raise ValueError(f"attention backend {name!r} cannot run this layer: {why_not}")
         return backend
     layout = "unpadded" if batch.is_unpadded else "padded"
     for candidate in AUTO.get((device, layout), AUTO_DEFAULT[layout]):
+        backend = BACKENDS[candidate]
         if candidate == "local" and not blocked_pays(typical_length(batch), window):
             continue  # short inputs: the dense mask is cheaper (see BLOCKED_FROM)
-        if BACKENDS[candidate].supports(device, q.dtype, window, dropout_p,
-                                        installed.get(candidate)) is None:
-            return BACKENDS[candidate]
+        if (backend.auto_capability is not None and capability is not None
+                and tuple(capability) < backend.auto_capability):
+            continue  # it would run, slower than PyTorch's kernels (Triton below 8.0: no tensor cores)
+        if backend.supports(device, q.dtype, window, dropout_p, installed.get(candidate),
+                            capability) is None:
+            return backend
     return BACKENDS["eager"]  # runs everywhere
 
 
-def available(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[str, ...]:
-    """The backends that can run a global layer on this device and dtype here."""
-    device = torch.device(device).type
+def available(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
+              installed: dict[str, bool] | None = None,
+              capability: tuple[int, int] | None = None) -> tuple[str, ...]:
+    """The backends that can run a global or a local layer on this device and dtype, most
+    readable first. installed and capability as in `choose` (None: this machine's)."""
+    device = torch.device(device)
+    installed = installed or {}
+    if capability is None and device.type == "cuda":
+        capability = runtime.cuda_capability(device)
     return tuple(name for name, b in BACKENDS.items()
-                 if b.supports(device, dtype, 128, 0.0) is None or
-                 b.supports(device, dtype, None, 0.0) is None)
+                 if any(b.supports(device.type, dtype, window, 0.0, installed.get(name),
+                                   capability) is None for window in (128, None)))
+
+
+def runnable(rt: runtime.Runtime) -> tuple[str, ...]:
+    """Names of the backends that run on the machine `rt` describes, in its dtype, most readable
+    first (what chapter 0 prints as `runtime.detect().attention_backends`)."""
+    installed = {"flash_attn": rt.flash_attn, "triton": rt.triton}  # rt's facts, not this machine's
+    return available(rt.device, rt.dtype, installed=installed, capability=rt.capability)
+
+
+# runtime.py knows the hardware and nothing of the backends; the question "which backends run
+# there" is this module's, and a Runtime reaches it as a property (chapter 0 asks it that way).
+runtime.Runtime.attention_backends = property(runnable)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Batch,

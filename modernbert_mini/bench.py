@@ -10,11 +10,22 @@ turns (so a slow moment of the machine hits both), and keep their best time. Cas
 Reported: real tokens per second, the ratio to the reference, the peak memory a forward adds
 (Linux's resident high-water mark, reset before the call, above what was resident then), and model FLOP
 utilisation: the FLOPs the model needs (matrix products, attention inside the window only) per
-second, over this machine's measured peak matrix-product rate (the faster of its BLAS and the
-packed oneDNN path of linear.py, both measured here). On a CUDA GPU the same script adds bf16
-and flash-attn columns.
+second, over this machine's measured peak matrix-product rate in the row's dtype (on the CPU the
+faster of its BLAS and the packed oneDNN path of linear.py, both measured here; on a GPU
+cuBLAS's fp32 without TF32, and its bf16 or fp16 on tensor cores). Each row also keeps the time
+of its implementation's first call (`first_call_seconds`: Triton's or Inductor's compiling,
+cuBLAS's warm-up), apart from the best time.
+
+On a CUDA GPU every case runs in fp32 and in half precision (bf16 where the GPU has bf16 units,
+capability >= 8.0, else fp16), each beside transformers' SDPA in the same dtype: ours with every
+attention backend that runs there (eager, sdpa, triton, flash_attn) and "auto", so the table
+shows what the fast kernels save over the formula written out, in time and memory.
 
     python -m modernbert_mini.bench [--out out/bench] [--cases full varlen long] [--compile]
+                                    [--model base|mini]
+
+The files in --out are rewritten after every case (bench.md, bench.json, bench.png), so a run
+cut short keeps the cases it finished.
 
 `--compile` adds rows for our model under torch.compile (Inductor, frozen weights; not for the
 long case). On the 2-core CPU of this project it did not pay: measured 0.85x the reference on
@@ -34,12 +45,14 @@ import json
 import math
 import os
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from . import runtime
+from . import backends, runtime
+from .attention import Attention
 from .config import ModernBertConfig
 from .linear import Linear
 from .model import ModernBertModel
@@ -80,12 +93,14 @@ def model_flops(config: ModernBertConfig, lengths: list[int]) -> float:
     return total
 
 
-def peak_matmul_flops(size: int = 2048, repeats: int = 5, device="cpu") -> dict:
-    """This machine's fp32 matrix-product rates, FLOP/s (best of a few): the BLAS's (a @ b, what
-    the reference's layers get), the packed oneDNN path's (what ours get in CPU inference,
-    linear.py), and the higher of the two, which the MFU column divides by."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    packed = Linear(size, size, bias=False).to(device)
+def peak_matmul_flops(size: int = 2048, repeats: int = 5, device="cpu",
+                      dtype: torch.dtype = torch.float32) -> dict:
+    """This machine's matrix-product rates in `dtype`, FLOP/s (best of a few): the BLAS's (a @ b,
+    what the reference's layers get; cuBLAS on a GPU, fp32 without TF32 as PyTorch's default),
+    the packed oneDNN path's (what ours get in CPU inference, linear.py), and the higher of the
+    two, which the MFU column divides by."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    packed = Linear(size, size, bias=False).to(device=device, dtype=dtype)
     rates = {}
     with torch.inference_mode():
         for name, product in (("blas", lambda: a @ b), ("packed", lambda: packed(a))):
@@ -185,15 +200,86 @@ def reference_model(config: ModernBertConfig, ours: ModernBertModel, attn: str =
 
 
 # ----------------------------------------------------------------------------- the run
+@dataclass
+class Impl:
+    """One row of a case: what is called, in which dtype, and the row it is compared with."""
+
+    call: Callable[[], object]  # () -> an output with .last_hidden_state
+    dtype: torch.dtype
+    reference: str  # the transformers row of the same dtype
+
+
+def _with_backend(model: ModernBertModel, backend: str, ids, mask):
+    """model(ids, mask) with every attention layer on `backend` (set before each call, as the
+    implementations of one model take turns)."""
+    def call():
+        for module in model.modules():
+            if isinstance(module, Attention):
+                module.backend = backend
+        return model(ids, mask)
+    return call
+
+
+def gpu_dtypes() -> tuple[torch.dtype, ...]:
+    """fp32, and the GPU's half precision: bf16 with bf16 units (>= 8.0), else fp16 (a T4)."""
+    return (torch.float32, torch.bfloat16 if runtime.detect().bf16 else torch.float16)
+
+
+def implementations(config, ours, ref, ids, mask, device, compile_ours, case) -> dict[str, Impl]:
+    """The rows of one case. CPU: transformers and ours in fp32 (and ours compiled). GPU: per
+    dtype, transformers' SDPA, ours with each attention backend that runs there and "auto",
+    and transformers' flash-attn in half precision where it is installed."""
+    if device != "cuda":
+        impls = {"transformers": Impl(lambda: ref(ids, attention_mask=mask), torch.float32,
+                                      "transformers"),
+                 "modernbert_mini": Impl(lambda: ours(ids, mask), torch.float32, "transformers")}
+        if compile_ours and case != "long":
+            compiled = torch.compile(ours, fullgraph=True)
+            impls["modernbert_mini, compiled"] = Impl(lambda: compiled(ids, mask), torch.float32,
+                                                      "transformers")
+        return impls
+    impls = {}
+    for dtype in gpu_dtypes():
+        label = str(dtype).removeprefix("torch.")
+        ref_here = ref if dtype == torch.float32 else copy.deepcopy(ref).to(dtype)
+        ours_here = ours if dtype == torch.float32 else copy.deepcopy(ours).to(dtype)
+        baseline = f"transformers, {label} sdpa"
+        impls[baseline] = Impl(lambda r=ref_here: r(ids, attention_mask=mask), dtype, baseline)
+        runs_here = backends.available(device, dtype)
+        for backend in ("eager", "sdpa", "triton", "flash_attn", "auto"):
+            if backend == "auto" or backend in runs_here:
+                impls[f"modernbert_mini, {label} {backend}"] = Impl(
+                    _with_backend(ours_here, backend, ids, mask), dtype, baseline)
+        if dtype != torch.float32 and runtime.detect().flash_attn:
+            ref_fa = reference_model(config, ours, "flash_attention_2", dtype).to(device)
+            impls[f"transformers, {label} flash-attn"] = Impl(
+                lambda: ref_fa(ids, attention_mask=mask), dtype, baseline)
+    return impls
+
+
+def first_calls(impls: dict[str, Impl]) -> tuple[dict, dict]:
+    """Each implementation's first call: its output and its time (compiling included)."""
+    outputs, seconds = {}, {}
+    for name, impl in impls.items():
+        start = time.perf_counter()
+        outputs[name] = impl.call()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds[name] = time.perf_counter() - start
+    return outputs, seconds
+
+
 def run(cases=("full", "varlen", "long"), long_layers: int = 6, repeats: int = 3,
-        device: str = "cpu", compile_ours: bool = False) -> list[dict]:
-    """One row per (case, implementation)."""
+        device: str = "cpu", compile_ours: bool = False, model: str = "base",
+        on_case: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """One row per (case, implementation). on_case(rows so far) runs after every case."""
     torch.manual_seed(0)
-    rates = peak_matmul_flops(device=device)
-    peak = rates["peak"]
+    dtypes = gpu_dtypes() if device == "cuda" else (torch.float32,)
+    size = 8192 if device == "cuda" else 2048  # a GPU reaches its peak only on large products
+    rates = {dtype: peak_matmul_flops(size, device=device, dtype=dtype) for dtype in dtypes}
     rows = []
     for case in cases:
-        config = ModernBertConfig.base(attention_backend="auto")
+        config = getattr(ModernBertConfig, model)(attention_backend="auto")
         if case == "long":
             config = replace(config, num_hidden_layers=long_layers)
         ours = ModernBertModel(config).eval().to(device)
@@ -203,47 +289,39 @@ def run(cases=("full", "varlen", "long"), long_layers: int = 6, repeats: int = 3
         mask = None if mask is None else mask.to(device)
         lengths = (mask.sum(1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0])
         tokens, flops = sum(lengths), model_flops(config, lengths)
-        impls = {"transformers": lambda: ref(ids, attention_mask=mask),
-                 "modernbert_mini": lambda: ours(ids, mask)}
-        if compile_ours and case != "long":
-            compiled = torch.compile(ours, fullgraph=True)
-            impls["modernbert_mini, compiled"] = lambda: compiled(ids, mask)
-        if device == "cuda" and runtime.detect().bf16:  # the GPU columns: bf16, flash-attn
-            ours16 = copy.deepcopy(ours).to(torch.bfloat16)  # "auto": flash-attn, else Triton
-            ref16 = copy.deepcopy(ref).to(torch.bfloat16)
-            impls["transformers, bf16 sdpa"] = lambda: ref16(ids, attention_mask=mask)
-            impls["modernbert_mini, bf16"] = lambda: ours16(ids, mask)
-            if runtime.detect().flash_attn:
-                ref_fa = reference_model(config, ours, "flash_attention_2", torch.bfloat16).to(device)
-                impls["transformers, bf16 flash-attn"] = lambda: ref_fa(ids, attention_mask=mask)
+        impls = implementations(config, ours, ref, ids, mask, device, compile_ours, case)
+        calls = {name: impl.call for name, impl in impls.items()}
         with torch.inference_mode(), frozen_weights():
-            compile_start = time.perf_counter()
-            outputs = {name: call() for name, call in impls.items()}  # compiles, once
-            compile_seconds = time.perf_counter() - compile_start
-            seconds = best_times(impls, repeats if case != "long" else max(1, repeats - 1))
-            memory = {name: peak_memory(call, device) for name, call in impls.items()}
+            outputs, first_seconds = first_calls(impls)  # compiles, once
+            seconds = best_times(calls, repeats if case != "long" else max(1, repeats - 1))
+            memory = {name: peak_memory(call, device) for name, call in calls.items()}
         real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
-        expected = outputs["transformers"].last_hidden_state[real].float()
-        for name in impls:
-            rows.append(dict(case=case, impl=name, layers=config.num_hidden_layers,
+        for name, impl in impls.items():
+            expected = outputs[impl.reference].last_hidden_state[real].float()
+            rows.append(dict(case=case, impl=name, dtype=str(impl.dtype).removeprefix("torch."),
+                             layers=config.num_hidden_layers,
                              shape=f"{ids.shape[0]} x {ids.shape[1]}", tokens=tokens,
                              seconds=seconds[name], tokens_per_s=tokens / seconds[name],
-                             speedup=seconds["transformers"] / seconds[name],
+                             first_call_seconds=first_seconds[name], reference=impl.reference,
+                             speedup=seconds[impl.reference] / seconds[name],
                              peak_mib=memory[name] / 2 ** 20,
-                             memory_ratio=memory[name] / max(memory["transformers"], 1),
-                             mfu=flops / seconds[name] / peak,
+                             memory_ratio=memory[name] / max(memory[impl.reference], 1),
+                             peak_matmul_gflops_dtype=rates[impl.dtype]["peak"] / 1e9,
+                             mfu=flops / seconds[name] / rates[impl.dtype]["peak"],
                              max_abs_diff=(outputs[name].last_hidden_state[real].float() - expected)
                              .abs().max().item()))
         packed = sum(m.weight.numel() * m.weight.element_size() for m in ours.modules()
                      if isinstance(m, Linear) and m._packed is not None)
-        next(r for r in rows if r["case"] == case and r["impl"] == "modernbert_mini")[
-            "packed_weights_mib"] = packed / 2 ** 20
-        if "modernbert_mini, compiled" in impls:
-            rows[-1]["first_call_seconds"] = compile_seconds
-        del ours, ref, impls
+        if packed:
+            next(r for r in rows if r["case"] == case and r["impl"] == "modernbert_mini")[
+                "packed_weights_mib"] = packed / 2 ** 20
+        for row in rows:  # the fp32 rates, as before: the header of bench.md reads them
+            row.update({f"{name}_matmul_gflops": rate / 1e9
+                        for name, rate in rates[torch.float32].items()})
+        del ours, ref, impls, calls, outputs
         gc.collect()
-    for row in rows:
-        row.update({f"{name}_matmul_gflops": rate / 1e9 for name, rate in rates.items()})
+        if on_case is not None:
+            on_case(rows)
     return rows
 
 
@@ -286,27 +364,53 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def write(rows: list[dict], out: Path, device: str) -> str:
+    """bench.md, bench.json and bench.png of the rows so far; returns bench.md's text."""
+    out.mkdir(parents=True, exist_ok=True)
+    first = rows[0]
+    half = sorted({(r["dtype"], r["peak_matmul_gflops_dtype"]) for r in rows
+                   if r["dtype"] != "float32"})
+    text = (f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, peak fp32 "
+            f"matmul {first['peak_matmul_gflops']:.0f} GFLOP/s "
+            f"(BLAS {first['blas_matmul_gflops']:.0f}"
+            + (f", oneDNN packed {first['packed_matmul_gflops']:.0f}" if "packed_matmul_gflops"
+               in first else "") + ")"
+            + "".join(f", peak {name} matmul {rate:.0f} GFLOP/s" for name, rate in half)
+            + "\n\n" + table(rows) + packed_note(rows) + first_call_note(rows))
+    (out / "bench.md").write_text(text)
+    (out / "bench.json").write_text(json.dumps(rows, indent=2))
+    plot(rows, out / "bench.png")
+    return text
+
+
+def first_call_note(rows: list[dict]) -> str:
+    """Each implementation's first call, compiling included (not in the tokens/s column)."""
+    slow = [r for r in rows if r.get("first_call_seconds", 0) > 2 * r["seconds"] + 0.5]
+    return "".join(f"\n{r['case']}: {r['impl']}'s first call took {r['first_call_seconds']:.1f} s "
+                   f"(compiling, warm-up), its best {r['seconds']:.3f} s" for r in slow) + (
+        "\n" if slow else "")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="out/bench")
     parser.add_argument("--cases", nargs="+", default=["full", "varlen", "long"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--long-layers", type=int, default=6)
+    parser.add_argument("--model", choices=["base", "mini"], default="base",
+                        help="mini: the 6-layer, hidden-256 model (a quick check of the plumbing)")
     parser.add_argument("--compile", action="store_true", help="add our model under torch.compile")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = run(args.cases, args.long_layers, args.repeats, device, args.compile)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    text = (f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, peak fp32 "
-            f"matmul {rows[0]['peak_matmul_gflops']:.0f} GFLOP/s "
-            f"(BLAS {rows[0]['blas_matmul_gflops']:.0f}"
-            + (f", oneDNN packed {rows[0]['packed_matmul_gflops']:.0f}" if "packed_matmul_gflops"
-               in rows[0] else "") + ")\n\n" + table(rows) + packed_note(rows))
-    (out / "bench.md").write_text(text)
-    (out / "bench.json").write_text(json.dumps(rows, indent=2))
-    plot(rows, out / "bench.png")
-    print(text)
+
+    def finished(rows):
+        print(f"case {rows[-1]['case']} done: {out}/bench.md, bench.json, bench.png", flush=True)
+        write(rows, out, device)
+
+    rows = run(args.cases, args.long_layers, args.repeats, device, args.compile, args.model,
+               on_case=finished)
+    print(write(rows, out, device), flush=True)
     print(f"written to {out}/bench.md, bench.json, bench.png")
 
 

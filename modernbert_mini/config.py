@@ -13,7 +13,9 @@ change afterwards would describe a model that is not the one running. Make a cha
 `transformers` ModernBertConfig, so a checkpoint moves between the two implementations as is and
 nothing is lost on the way: every key of a config.json is read into a field, refused with a
 ValueError that names it (it would make another model), or kept in `hf_extras` and written back.
-`ModernBertConfig.from_pretrained(path_or_id)` reads the config.json of a checkpoint.
+`ModernBertConfig.from_pretrained(path_or_id)` reads the config.json of a checkpoint: finding a
+checkpoint (a local directory or a hub id) and reading its config.json live here, at the ground
+floor, so that hub.py (the weights) builds on this module and never the other way round.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ _FIXED_HF_FIELDS = {
 _READ_HF_KEYS = {"model_type", "layer_types", "rope_parameters", "rope_scaling", "sliding_window",
                  "label2id", "num_labels", "architectures", "dtype", "torch_dtype",
                  *_FIXED_HF_FIELDS}
+
+# A checkpoint in the Hugging Face layout: config.json and the weights in safetensors
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"  # the shards of a large checkpoint
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -301,10 +308,32 @@ class ModernBertConfig:
 
         overrides: fields to set differently, e.g. attention_backend="eager".
         """
-        from .hub import read_hf_config, resolve_checkpoint  # hub.py imports this module
-
         directory = resolve_checkpoint(path_or_id, revision, config_only=True)
         return cls.from_hf_dict(read_hf_config(directory), **overrides)
+
+
+# ----------------------------------------------------------------------------- finding a checkpoint
+def resolve_checkpoint(name_or_dir: str | Path, revision: str | None = None, *,
+                       config_only: bool = False) -> Path:
+    """A local directory as is; anything else is a hub id, downloaded with huggingface_hub
+    (config.json alone with config_only=True, else with the weights)."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    text = str(name_or_dir)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise FileNotFoundError(f"{text} is not a checkpoint directory")
+    from huggingface_hub import snapshot_download  # only here: loading a local dir never needs it
+
+    patterns = [CONFIG_NAME] if config_only else [CONFIG_NAME, WEIGHTS_INDEX_NAME, "*.safetensors"]
+    return Path(snapshot_download(repo_id=text, revision=revision, allow_patterns=patterns))
+
+
+def read_hf_config(directory: Path) -> dict:
+    config_file = directory / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
+    return json.loads(config_file.read_text())
 
 
 def _refuse_assignment(self, name: str, value: Any) -> None:

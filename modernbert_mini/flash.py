@@ -29,20 +29,26 @@ and gets, with delta = rowsum(dO * O):
 Two implementations, one contract:
 - `tiled_attention`: the algorithm in plain PyTorch, to be read; autograd differentiates it.
 - `triton_attention`: the same algorithm as Triton kernels, forward and backward, one program
-  per (tile, head, sequence). It is written for CUDA GPUs, a T4 included (fp16 or fp32, tiles
-  sized for its 64 KiB of shared memory), and runs on the CPU in Triton's interpreter with the
-  environment variable TRITON_INTERPRET=1 set before triton is imported (slow, but the same
-  kernels: that is how the tests check them on machines without a GPU).
+  per (sequence, tile, head). It is written for CUDA GPUs of capability >= 8.0, where tl.dot
+  runs on tensor cores; it still runs on a T4 (7.5: fp16 or fp32, no tensor cores since Triton
+  3.2, tiles sized for its 64 KiB of shared memory) when named, but "auto" prefers PyTorch's
+  kernels there (backends.py). tests/test_flash_compile.py compiles the three kernels for sm_75,
+  sm_80, sm_89 and sm_90 on the CPU and checks their shared memory. It runs on the CPU in
+  Triton's interpreter with the environment variable TRITON_INTERPRET=1 set before triton is
+  imported (slow, but the same kernels: that is how the tests check them without a GPU).
+  A model's layers pass the host lengths of their `Batch` (seqlens=), so a call never waits
+  for the GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 
 import torch
 
-from .runtime import MIN_CAPABILITY_BF16, _triton_usable
+from .runtime import _triton_usable, cuda_capability, native_bf16
 
 try:  # Triton is optional: the `triton` extra, or the one that comes with CUDA builds of torch
     import triton
@@ -52,8 +58,13 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 
 # ----------------------------------------------------------------------------- input checks
-def _check_inputs(q, k, v, cu_seqlens, max_seqlen, window, scale) -> tuple[list[int], float]:
-    """Validate the shared contract; return the sequence offsets (host ints) and the scale."""
+def _check_inputs(q, k, v, cu_seqlens, max_seqlen, window, scale,
+                  seqlens=None) -> tuple[list[int], float]:
+    """Validate the shared contract; return the sequence offsets (host ints) and the scale.
+
+    seqlens: the N lengths on the host, as a `Batch` holds them; without them the offsets are
+    copied from cu_seqlens (a device-to-host sync, which a model's 22-28 layers should not pay).
+    """
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -86,10 +97,17 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, window, scale) -> tuple[list[
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
         raise ValueError(f"scale must be None (meaning hd ** -0.5) or a positive number, "
                          f"got {scale!r}")
-    offsets = cu_seqlens.tolist()  # N + 1 ints: one small copy to the host
+    if seqlens is None:
+        offsets = cu_seqlens.tolist()  # N + 1 ints: one small copy to the host
+    else:
+        if len(seqlens) != len(cu_seqlens) - 1:
+            raise ValueError(f"seqlens has {len(seqlens)} lengths but cu_seqlens has "
+                             f"{len(cu_seqlens)} offsets: it needs one length per sequence")
+        offsets = [0, *itertools.accumulate(seqlens)]  # on the host, no copy from the device
     lengths = [end - start for start, end in zip(offsets[:-1], offsets[1:])]
     if offsets[0] != 0 or offsets[-1] != q.shape[0] or min(lengths, default=0) < 0:
-        raise ValueError(f"cu_seqlens must rise from 0 to T = {q.shape[0]} (the number of "
+        given = "cu_seqlens" if seqlens is None else "the offsets of seqlens"
+        raise ValueError(f"{given} must rise from 0 to T = {q.shape[0]} (the number of "
                          f"tokens), got {offsets[:4]}{' ...' if len(offsets) > 4 else ''} "
                          f"ending at {offsets[-1]}")
     if max(lengths, default=0) > max_seqlen:
@@ -165,7 +183,9 @@ def _online_softmax_step(m, l, acc, scores, v_tile):
 
 # ----------------------------------------------------------------------------- in Triton
 def triton_supported(device: torch.device) -> bool:
-    """Can triton_attention run on `device`: CUDA with Triton, or the CPU in Triton's interpreter.
+    """Can triton_attention run on `device`: a CUDA GPU of capability >= 7.0 with Triton, or the
+    CPU in Triton's interpreter. (It runs on a T4, 7.5, without tensor cores: `backends` picks
+    PyTorch's kernels there unless it is named.)
 
     The interpreter needs TRITON_INTERPRET=1, set before triton is first imported: Triton
     decides then whether its own helpers (tl.max, tl.sum, ...) are compiled or interpreted.
@@ -174,8 +194,8 @@ def triton_supported(device: torch.device) -> bool:
     if triton is None or device.type not in ("cuda", "cpu"):
         return False
     if device.type == "cuda":
-        return torch.cuda.is_available() and _triton_usable(on_cuda=True)
-    return _triton_usable(on_cuda=False) and _interpreted(tl.max)
+        return torch.cuda.is_available() and _triton_usable(cuda_capability(device))
+    return _triton_usable(None) and _interpreted(tl.max)
 
 
 def _interpreted(jitted) -> bool:
@@ -184,8 +204,11 @@ def _interpreted(jitted) -> bool:
 
 
 def triton_attention(q, k, v, cu_seqlens, max_seqlen, window=None, scale=None, *,
-                     block_size=None):
+                     block_size=None, seqlens=None):
     """The contract of `tiled_attention`, computed by Triton kernels (forward and backward).
+
+    seqlens: the N sequence lengths on the host (`Batch.seqlens`), so that checking the inputs
+    needs no copy from the GPU; None reads them from cu_seqlens (one sync per call).
 
     dtypes float32, float16, bfloat16 (bf16 on GPUs of capability >= 8.0 only, not in the
     interpreter); head dims up to 128
@@ -193,16 +216,16 @@ def triton_attention(q, k, v, cu_seqlens, max_seqlen, window=None, scale=None, *
     by default the largest of 64, 32, 16 whose tiles fit a T4's shared memory (fp16 with
     head dim 64: 64).
     """
-    _, scale = _check_inputs(q, k, v, cu_seqlens, max_seqlen, window, scale)
+    _, scale = _check_inputs(q, k, v, cu_seqlens, max_seqlen, window, scale, seqlens)
     if not triton_supported(q.device):
         raise ValueError(f"triton_attention cannot run on {q.device}: it needs Triton and a CUDA "
                          "GPU, or on the CPU TRITON_INTERPRET=1 set before triton is first "
                          f"imported (Triton installed: {triton is not None})")
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"triton_attention takes float32, float16 or bfloat16, got {q.dtype}")
-    if (q.dtype == torch.bfloat16 and q.is_cuda
-            and torch.cuda.get_device_capability(q.device) < MIN_CAPABILITY_BF16):
-        raise ValueError("bfloat16 needs a GPU of compute capability >= 8.0; use float16 here")
+    if q.dtype == torch.bfloat16 and q.is_cuda and not native_bf16(cuda_capability(q.device)):
+        raise ValueError(f"bfloat16 needs a GPU of compute capability >= 8.0 (bf16 units), this one "
+                         f"has {cuda_capability(q.device)}: use float16 here")
     if q.dtype == torch.bfloat16 and not q.is_cuda:  # its tl.dot would multiply the bit patterns
         raise ValueError("bfloat16 does not run in Triton's CPU interpreter (it keeps bf16 as "
                          "raw 16-bit integers); use float16 or float32 on the CPU")
@@ -227,13 +250,13 @@ class _TritonAttention(torch.autograd.Function):
         out = torch.empty((T, nh, hd), dtype=q.dtype, device=q.device)  # (T, nh, hd)
         lse = torch.empty((nh, T), dtype=torch.float32, device=q.device)  # (nh, T) logsumexp
         if T > 0:
-            grid = (triton.cdiv(max_seqlen, block_size), nh, len(cu_seqlens) - 1)
+            grid = _grid(cu_seqlens, max_seqlen, block_size, nh)
             with _on_device_of(q):
                 _jitted(_forward_kernel)[grid](
                     q, k, v, out, lse, cu_seqlens,
                     q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                     out.stride(0), out.stride(1), T, hd, scale, _half(window),
-                    **_constants(q, window, block_size), num_warps=4, num_stages=2)
+                    **_constants(q, window, block_size), **FORWARD_LAUNCH)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
         ctx.max_seqlen, ctx.window = max_seqlen, window
         ctx.scale, ctx.block_size = scale, block_size
@@ -249,19 +272,39 @@ class _TritonAttention(torch.autograd.Function):
         dq, dk, dv = (torch.empty((T, nh, hd), dtype=q.dtype, device=q.device) for _ in range(3))
         if T > 0:
             block, window = ctx.block_size, ctx.window
-            grid = (triton.cdiv(ctx.max_seqlen, block), nh, len(cu_seqlens) - 1)
+            grid = _grid(cu_seqlens, ctx.max_seqlen, block, nh)
             strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
                        v.stride(1), grad_out.stride(0), grad_out.stride(1))
             with _on_device_of(q):
                 _jitted(_backward_dkdv_kernel)[grid](
                     q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens, *strides,
                     dk.stride(0), dk.stride(1), T, hd, ctx.scale, _half(window),
-                    **_constants(q, window, block), num_warps=4, num_stages=1)
+                    **_constants(q, window, block), **BACKWARD_LAUNCH)
                 _jitted(_backward_dq_kernel)[grid](
                     q, k, v, grad_out, lse, delta, dq, cu_seqlens, *strides,
                     dq.stride(0), dq.stride(1), T, hd, ctx.scale, _half(window),
-                    **_constants(q, window, block), num_warps=4, num_stages=1)
+                    **_constants(q, window, block), **BACKWARD_LAUNCH)
         return dq, dk, dv, None, None, None, None, None
+
+
+FORWARD_LAUNCH = dict(num_warps=4, num_stages=2)  # what each kernel is launched (and compiled) with
+BACKWARD_LAUNCH = dict(num_warps=4, num_stages=1)
+
+
+GRID_YZ_LIMIT = 65_535  # CUDA's most programs on grid axes 1 and 2 (axis 0: 2^31 - 1)
+
+
+def _grid(cu_seqlens, max_seqlen, block_size, nh):
+    """(sequences, tiles of the longest, heads): sequences on axis 0, the only one CUDA lets go
+    past 65,535 programs (a packed batch of short documents can have more)."""
+    grid = (len(cu_seqlens) - 1, triton.cdiv(max_seqlen, block_size), nh)
+    for what, count in (("tiles of the longest sequence (max_seqlen / block_size)", grid[1]),
+                        ("heads", grid[2])):
+        if count > GRID_YZ_LIMIT:
+            raise ValueError(f"triton_attention launches one program per sequence, tile and head: "
+                             f"{count:,} {what} is more than CUDA's {GRID_YZ_LIMIT:,} on that "
+                             f"axis (max_seqlen={max_seqlen}, block_size={block_size}, nh={nh})")
+    return grid
 
 
 def _on_device_of(x):
@@ -311,13 +354,16 @@ def _jitted(kernel):
 
 
 # The kernels. Each program handles one tile of BLOCK_M queries (or BLOCK_N keys) of one head of
-# one sequence; offsets are relative to the sequence start, tokens are rows of (T, nh, hd).
+# one sequence (grid: sequence, tile, head); positions are relative to the sequence start, tokens
+# are rows of (T, nh, hd). Every memory offset is int64: rows * stride_t and head * T (the
+# (nh, T) logsumexp) pass 2^31 on long batches, where int32 would wrap around silently.
 def _forward_kernel(Q, K, V, O, LSE, CU_SEQLENS,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                     stride_ot, stride_oh, T, head_dim, scale, half,
                     LOCAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    tile, head, seq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seq, tile = tl.program_id(0), tl.program_id(1)
+    head = tl.program_id(2).to(tl.int64)  # head * T passes 2^31 first: every offset in int64
     seq_start = tl.load(CU_SEQLENS + seq)
     seq_len = tl.load(CU_SEQLENS + seq + 1) - seq_start
     q_lo = tile * BLOCK_M
@@ -372,7 +418,8 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_SEQLENS,
                           LOCAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """dK and dV of one key tile: stream past the query tiles that can see it."""
-    tile, head, seq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seq, tile = tl.program_id(0), tl.program_id(1)
+    head = tl.program_id(2).to(tl.int64)  # head * T passes 2^31 first: every offset in int64
     seq_start = tl.load(CU_SEQLENS + seq)
     seq_len = tl.load(CU_SEQLENS + seq + 1) - seq_start
     k_lo = tile * BLOCK_N
@@ -426,7 +473,8 @@ def _backward_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_SEQLENS,
                         LOCAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """dQ of one query tile: stream past the key tiles it can see, as the forward does."""
-    tile, head, seq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seq, tile = tl.program_id(0), tl.program_id(1)
+    head = tl.program_id(2).to(tl.int64)  # head * T passes 2^31 first: every offset in int64
     seq_start = tl.load(CU_SEQLENS + seq)
     seq_len = tl.load(CU_SEQLENS + seq + 1) - seq_start
     q_lo = tile * BLOCK_M

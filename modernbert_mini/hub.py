@@ -18,7 +18,8 @@ Loading is strict by default: a missing, unexpected or misshapen key is a ValueE
 them. `strict=False` is for changing heads, e.g. the published MLM checkpoint into a classifier
 (its `head.*` is reused, `decoder.*` is dropped, the classifier starts fresh) or into a bare
 encoder; the encoder itself must still be complete, and what was skipped is reported in a warning.
-The keys a checkpoint lacks get the package's initialisation (model.py's `init_weights`), and
+The keys a checkpoint lacks get the model's own initialisation (its `init_package_weights`, which
+model.py implements with `init_weights`: loading knows the layout, not the model's code), and
 nothing else is initialised. Only safetensors are read: a pickle file can run code when loaded.
 """
 
@@ -35,38 +36,15 @@ import torch
 from torch import nn
 from safetensors.torch import load_file, save_file
 
-from .config import ModernBertConfig
+# Finding a checkpoint and reading its config.json is the config's (the ground floor); the names
+# stay importable from here.
+from .config import (CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, ModernBertConfig,  # noqa: F401
+                     read_hf_config, resolve_checkpoint)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 ENCODER_PREFIX = "model."  # where the encoder sits inside a model with a head
 
 
 # ----------------------------------------------------------------------------- reading files
-def resolve_checkpoint(name_or_dir: str | Path, revision: str | None = None, *,
-                       config_only: bool = False) -> Path:
-    """A local directory as is; anything else is a hub id, downloaded with huggingface_hub
-    (config.json alone with config_only=True, else with the weights)."""
-    path = Path(name_or_dir).expanduser()
-    if path.is_dir():
-        return path
-    text = str(name_or_dir)
-    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
-        raise FileNotFoundError(f"{text} is not a checkpoint directory")
-    from huggingface_hub import snapshot_download  # only here: loading a local dir never needs it
-
-    patterns = [CONFIG_NAME] if config_only else [CONFIG_NAME, WEIGHTS_INDEX_NAME, "*.safetensors"]
-    return Path(snapshot_download(repo_id=text, revision=revision, allow_patterns=patterns))
-
-
-def read_hf_config(directory: Path) -> dict:
-    config_file = directory / CONFIG_NAME
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
-    return json.loads(config_file.read_text())
-
-
 def read_state_dict(directory: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint, from model.safetensors or from its shards, read onto `device`."""
     device = str(torch.device(device))
@@ -165,8 +143,6 @@ def initialise_missing(model: nn.Module, missing: list[str]) -> None:
     still on meta. Called before the checkpoint's tensors go in."""
     if not missing:
         return
-    from .model import init_weights  # model.py imports this module
-
     owners = set()
     for key in missing:
         owner, _, name = key.rpartition(".")
@@ -182,7 +158,7 @@ def initialise_missing(model: nn.Module, missing: list[str]) -> None:
         for module in owners:
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()  # PyTorch's init (LayerNorm 1, Linear ...)
-        init_weights(model, model.config)  # then the package's, for the modules it initialises
+        model.init_package_weights()  # then the package's, for the modules it initialises
 
 
 @contextmanager
@@ -239,6 +215,11 @@ class HubMixin:
     hf_architecture: str  # the transformers class name written into config.json
     encoder_prefix: str  # "" for the bare encoder, "model." inside a model with a head
     tied_weights: dict[str, str] = {}  # parameter name -> the name it shares storage with
+
+    def init_package_weights(self) -> None:
+        """Initialise the model as the package does (model.py); loading calls it for the tensors a
+        checkpoint lacks, with everything else still on the meta device."""
+        raise NotImplementedError(f"{type(self).__name__} must say how it is initialised")
 
     def hf_config_extras(self) -> dict:
         """Fields besides the ModernBertConfig's that config.json needs (e.g. the labels)."""

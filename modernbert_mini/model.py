@@ -255,6 +255,9 @@ def init_output(model: nn.Module, config: ModernBertConfig) -> None:
 class PreTrainedModel(HubMixin, nn.Module):
     """What every model here shares: loading and saving (hub.py), and where its weights are."""
 
+    def init_package_weights(self) -> None:
+        init_weights(self, self.config)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -6,12 +6,15 @@ package will take here. The rules follow the hardware, not what a library is wil
 - bf16 only on a CUDA GPU of compute capability >= 8.0 (A100, L4, H100). A T4 (7.5) can emulate
   bf16, slowly; we count that as no. On the CPU we stay in fp32 (CPUs without native bf16 units
   run bf16 matrix products far slower than fp32).
-- FlashAttention-2 (the optional `flash-attn` package) needs CUDA and capability >= 8.0.
-- Triton kernels (chapter 7) run on a CUDA GPU, or on the CPU in the interpreter when the
-  environment variable TRITON_INTERPRET=1 is set.
+- FlashAttention-2 (the optional `flash-attn` package, installed as its own step with
+  `pip install flash-attn --no-build-isolation`, see the README) needs CUDA and capability >= 8.0.
+- Triton kernels (chapter 7) run on a CUDA GPU of capability >= 7.0 (Triton supports nothing
+  older), or on the CPU in the interpreter when the environment variable TRITON_INTERPRET=1 is
+  set. Below 8.0 (a T4) they run without tensor cores, so the backends pick PyTorch's kernels there.
 
-The attention backends themselves live with attention (chapters 4, 6 and 7); this module only says
-which of them this machine can run.
+This module knows the hardware, not the attention backends (chapters 4, 6 and 7): backends.py asks
+it what the machine offers and decides which of them run (`backends.runnable`, also reachable as
+`detect().attention_backends`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,28 @@ from dataclasses import dataclass
 
 import torch
 
-MIN_CAPABILITY_BF16 = (8, 0)
-MIN_CAPABILITY_FLASH_ATTN = (8, 0)
+MIN_CAPABILITY_BF16 = (8, 0)  # bf16 matrix units: A100 (8.0), L4 (8.9), H100 (9.0); a T4 (7.5) emulates
+MIN_CAPABILITY_FLASH_ATTN = (8, 0)  # FlashAttention-2's own requirement
+MIN_CAPABILITY_TRITON = (7, 0)  # below (P100, 6.0) Triton does not compile at all
+MIN_CAPABILITY_TRITON_DOT = (8, 0)  # since Triton 3.2, tl.dot below 8.0 runs on FMA units, no tensor cores
+
+
+def cuda_capability(device: torch.device | str | None = None) -> tuple[int, int] | None:
+    """(major, minor) of a CUDA device (the current one for None), or None without CUDA."""
+    if device is not None and torch.device(device).type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+def native_bf16(capability: tuple[int, int] | None) -> bool:
+    """bf16 where the GPU has bf16 units, never by emulation.
+
+    `torch.cuda.is_bf16_supported()` answers True on a T4 too (it counts emulation), so the rule
+    reads the capability. The CPU (capability None) stays in fp32.
+    """
+    return capability is not None and tuple(capability) >= MIN_CAPABILITY_BF16
 
 
 @dataclass(frozen=True)
@@ -35,7 +58,7 @@ class Runtime:
     capability: tuple[int, int] | None  # CUDA compute capability, None off CUDA
     bf16: bool  # native bf16 matrix units
     flash_attn: bool  # the flash-attn package is installed and this GPU can run it
-    triton: bool  # Triton is installed and has something to run on (a GPU or the interpreter)
+    triton: bool  # Triton is installed and has something to run on (a GPU >= 7.0 or the interpreter)
     torch_version: str
     cpu_threads: int
 
@@ -43,16 +66,6 @@ class Runtime:
     def dtype(self) -> torch.dtype:
         """The dtype to train and run in here: bf16 where it is native, else fp32."""
         return torch.bfloat16 if self.bf16 else torch.float32
-
-    @property
-    def attention_backends(self) -> tuple[str, ...]:
-        """Names of the attention backends (backends.py) that run here, most readable first."""
-        from .backends import BACKENDS  # backends asks runtime about flash-attn: import late
-
-        installed = {"flash_attn": self.flash_attn, "triton": self.triton}  # this Runtime's facts
-        return tuple(name for name, backend in BACKENDS.items()
-                     if self.device in backend.devices and self.dtype in backend.dtypes
-                     and installed.get(name, True))
 
     def summary(self) -> str:
         """One line: what runs here."""
@@ -87,10 +100,14 @@ def _flash_attn_usable(capability: tuple[int, int] | None) -> bool:
     return True
 
 
-def _triton_usable(on_cuda: bool) -> bool:
+def _triton_usable(capability: tuple[int, int] | None) -> bool:
+    """Triton is installed and has something to run on: a CUDA GPU of capability >= 7.0
+    (capability given), or the CPU in the interpreter (capability None, TRITON_INTERPRET=1)."""
     if importlib.util.find_spec("triton") is None:
         return False
-    return on_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    if capability is not None:
+        return tuple(capability) >= MIN_CAPABILITY_TRITON
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def detect() -> Runtime:
@@ -98,19 +115,18 @@ def detect() -> Runtime:
     if torch.cuda.is_available():
         device = "cuda"
         name = torch.cuda.get_device_name(0)
-        capability = tuple(torch.cuda.get_device_capability(0))
+        capability = cuda_capability("cuda:0")
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         device, name, capability = "mps", "Apple GPU", None
     else:
         device, name, capability = "cpu", _cpu_name(), None
-    on_cuda = capability is not None
     return Runtime(
         device=device,
         device_name=name,
         capability=capability,
-        bf16=on_cuda and capability >= MIN_CAPABILITY_BF16,
+        bf16=native_bf16(capability),
         flash_attn=_flash_attn_usable(capability),
-        triton=_triton_usable(on_cuda),
+        triton=_triton_usable(capability),
         torch_version=torch.__version__,
         cpu_threads=torch.get_num_threads(),
     )

@@ -163,9 +163,76 @@ def test_choose_can_be_asked_about_another_device():
     q16 = torch.zeros(2 * S, NH, HD, dtype=torch.bfloat16)
     unpadded = Batch.unpad(torch.ones(2, S))
     a100 = {"flash_attn": True, "triton": True}
-    t4 = {"flash_attn": False, "triton": True}
-    assert choose("auto", unpadded, q16, 128, device="cuda", installed=a100).name == "flash_attn"
-    assert choose("auto", unpadded, q16.half(), 128, device="cuda", installed=t4).name == "triton"
+    no_flash = {"flash_attn": False, "triton": True}
+    assert choose("auto", unpadded, q16, 128, device="cuda", installed=a100,
+                  capability=(8, 0)).name == "flash_attn"
+    assert choose("auto", unpadded, q16.half(), 128, device="cuda", installed=no_flash,
+                  capability=(8, 6)).name == "triton"
     assert choose("auto", unpadded, q16.float(), None, device="cuda", installed={}).name in ("triton", "varlen")
     with pytest.raises(ValueError, match="does not run on cuda here"):
         choose("flash_attn", unpadded, q16, None, device="cuda", installed={"flash_attn": False})
+
+
+EVERYTHING = {"flash_attn": True, "triton": True}
+PYTORCH_KERNELS = ("eager", "sdpa", "local", "varlen", "tiled")
+
+
+def auto_on(capability, dtype, layout, window, seq_len=S):
+    """What "auto" picks on a pretend GPU with flash-attn and Triton installed."""
+    batch = Batch.padded(seq_len) if layout == "padded" else Batch.unpad(torch.ones(2, seq_len))
+    q = torch.zeros(2, seq_len, NH, HD, dtype=dtype)
+    q = q if layout == "padded" else q.flatten(0, 1)
+    return choose("auto", batch, q, window, device="cuda", installed=EVERYTHING,
+                  capability=capability).name
+
+
+@pytest.mark.parametrize("capability", [(6, 0), (7, 0), (7, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["padded", "unpadded"])
+@pytest.mark.parametrize("window, seq_len", [(None, S), (128, S), (128, 6 * 128)])
+def test_below_8_0_auto_picks_pytorch_kernels(capability, dtype, layout, window, seq_len):
+    """A T4 (7.5), a V100 (7.0), a P100 (6.0): never Triton (no tensor cores in tl.dot, or no
+    Triton at all) and never flash-attn, in any dtype; a bf16 model falls back, it does not raise."""
+    assert auto_on(capability, dtype, layout, window, seq_len) in PYTORCH_KERNELS
+
+
+@pytest.mark.parametrize("capability", [(8, 0), (9, 0)])
+def test_from_8_0_auto_picks_the_fast_kernels(capability):
+    assert auto_on(capability, torch.bfloat16, "unpadded", 128) == "flash_attn"
+    assert auto_on(capability, torch.float16, "padded", None) == "flash_attn"
+    assert auto_on(capability, torch.float32, "unpadded", None) == "triton"  # flash-attn: halves only
+    q = torch.zeros(2 * S, NH, HD, dtype=torch.bfloat16)
+    without_flash = choose("auto", Batch.unpad(torch.ones(2, S)), q, 128, device="cuda",
+                           installed={"flash_attn": False, "triton": True}, capability=capability)
+    assert without_flash.name == "triton"  # bf16 in Triton: native here
+
+
+def force(name, capability, dtype):
+    q = torch.zeros(2 * S, NH, HD, dtype=dtype)
+    return choose(name, Batch.unpad(torch.ones(2, S)), q, 128, device="cuda",
+                  installed=EVERYTHING, capability=capability).name
+
+
+def test_forcing_a_backend_the_gpu_cannot_run_says_why():
+    with pytest.raises(ValueError, match=r"'triton' cannot run this layer: it needs a GPU of "
+                                         r"compute capability >= 7.0, this one has 6.0"):
+        force("triton", (6, 0), torch.float16)
+    with pytest.raises(ValueError, match=r"'flash_attn' cannot run this layer: it needs a GPU of "
+                                         r"compute capability >= 8.0, this one has 7.5"):
+        force("flash_attn", (7, 5), torch.float16)
+    with pytest.raises(ValueError, match=r"'triton' cannot run this layer: bfloat16 needs compute "
+                                         r"capability >= 8.0 \(bf16 units\), this GPU has 7.5"):
+        force("triton", (7, 5), torch.bfloat16)
+    assert force("triton", (7, 5), torch.float16) == "triton"  # named: it runs, without tensor cores
+    assert force("sdpa", (7, 5), torch.bfloat16) == "sdpa"  # PyTorch emulates bf16 there
+    assert force("triton", (9, 0), torch.bfloat16) == "triton"
+    assert force("flash_attn", (8, 0), torch.bfloat16) == "flash_attn"
+
+
+def test_available_follows_the_capability():
+    for capability, expected in [((6, 0), ()), ((7, 5), ("triton",)),
+                                 ((8, 0), ("triton", "flash_attn")), ((9, 0), ("triton", "flash_attn"))]:
+        names = backends.available("cuda", torch.float16, installed=EVERYTHING, capability=capability)
+        assert names == PYTORCH_KERNELS + expected, capability
+    bf16_on_t4 = backends.available("cuda", torch.bfloat16, installed=EVERYTHING, capability=(7, 5))
+    assert bf16_on_t4 == PYTORCH_KERNELS

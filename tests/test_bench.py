@@ -1,8 +1,12 @@
 """bench.py's pieces that are not timings: the cases and the FLOP count, worked out by hand."""
 
+import json
+from dataclasses import replace
+
+import pytest
 import torch
 
-from modernbert_mini import bench
+from modernbert_mini import bench, runtime
 from modernbert_mini.config import ModernBertConfig
 
 
@@ -30,3 +34,52 @@ def test_model_flops_by_hand():
 
 def test_peak_memory_sees_an_allocation():
     assert bench.peak_memory(lambda: torch.ones(64, 2 ** 20).sum()) > 100 * 2 ** 20
+
+
+def test_run_writes_after_every_case_and_times_each_first_call(tmp_path, monkeypatch):
+    """A tiny run on the CPU: rows per case, each with its own first call, MFU over the peak of
+    its dtype, and the files rewritten after each case (a run cut short keeps what it did)."""
+    monkeypatch.setattr(bench, "peak_matmul_flops",
+                        lambda size=2048, repeats=5, device="cpu", dtype=torch.float32:
+                        {"blas": 1e9, "peak": {torch.float32: 1e9}[dtype]})
+    seen = []
+
+    def on_case(rows):
+        seen.append([r["case"] for r in rows])
+        bench.write(rows, tmp_path, "cpu")
+        assert json.loads((tmp_path / "bench.json").read_text()) == rows
+
+    rows = bench.run(["full", "varlen"], repeats=1, model="mini", on_case=on_case)
+    assert seen == [["full", "full"], ["full", "full", "varlen", "varlen"]]
+    assert [r["impl"] for r in rows] == ["transformers", "modernbert_mini"] * 2
+    config = ModernBertConfig.mini()
+    for r in rows:
+        assert r["dtype"] == "float32" and r["reference"] == "transformers"
+        assert r["first_call_seconds"] > 0  # its own, not another implementation's
+        lengths = [512] * 8 if r["case"] == "full" else [512, 64, 320, 128, 448, 192, 256, 128]
+        assert r["mfu"] == pytest.approx(bench.model_flops(config, lengths) / r["seconds"] / 1e9)
+        assert r["max_abs_diff"] < 1e-3
+    text = (tmp_path / "bench.md").read_text()
+    assert "| full | modernbert_mini |" in text and (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_on_a_gpu_eager_stands_beside_every_fast_backend(monkeypatch):
+    """What a GPU run measures, per dtype (fp32, and bf16 where it is native): transformers'
+    SDPA, ours with eager and every other backend that runs, each against its own dtype's row."""
+    config = ModernBertConfig.mini(num_hidden_layers=1)
+    ours = bench.ModernBertModel(config).eval()
+    ref = bench.reference_model(config, ours)
+    rt = runtime.detect()
+    for bf16, half in ((True, "bfloat16"), (False, "float16")):
+        monkeypatch.setattr(runtime, "detect", lambda bf16=bf16: replace(rt, bf16=bf16))
+        monkeypatch.setattr(bench.backends, "available",
+                            lambda device, dtype: ("eager", "sdpa", "local", "triton"))
+        ids, mask = bench.make_case("full", config)
+        impls = bench.implementations(config, ours, ref, ids, mask, "cuda", False, "full")
+        for dtype in ("float32", half):
+            expected = [f"transformers, {dtype} sdpa"] + [
+                f"modernbert_mini, {dtype} {b}" for b in ("eager", "sdpa", "triton", "auto")]
+            assert [n for n in impls if dtype in n] == expected
+            for name in expected:
+                assert impls[name].reference == f"transformers, {dtype} sdpa"
+                assert str(impls[name].dtype) == f"torch.{dtype}"

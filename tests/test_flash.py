@@ -38,7 +38,7 @@ if HAVE_TRITON and not ON_GPU and "triton" not in sys.modules:
 
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402 (it imports triton)
 
-from modernbert_mini import flash  # noqa: E402
+from modernbert_mini import flash, runtime  # noqa: E402
 from modernbert_mini.flash import tiled_attention, triton_attention, triton_supported  # noqa: E402
 
 INTERPRETER_HERE = HAVE_TRITON and not ON_GPU and (
@@ -229,7 +229,7 @@ def test_triton_head_dims_scale_and_default_tiles(triton_here, head_dim, tile):
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
 def test_triton_half_precision(dtype, tol, triton_here):
     q, k, v, cu_seqlens = packed(LENGTHS, dtype=dtype)
-    if dtype == torch.bfloat16 and not (ON_GPU and torch.cuda.is_bf16_supported()):
+    if dtype == torch.bfloat16 and not runtime.native_bf16(runtime.cuda_capability()):
         with pytest.raises(ValueError, match="bfloat16"):  # the interpreter, or a T4: refused
             run_triton(q, k, v, cu_seqlens, max(LENGTHS), 8, block_size=BLOCK)
         return
@@ -246,7 +246,8 @@ def test_triton_supported(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not triton_supported(torch.device("cpu"))
     assert not triton_supported(torch.device("meta"))
-    assert triton_supported(torch.device("cuda")) == (HAVE_TRITON and ON_GPU)
+    assert triton_supported(torch.device("cuda")) == (
+        HAVE_TRITON and ON_GPU and runtime.cuda_capability() >= runtime.MIN_CAPABILITY_TRITON)
 
 
 def test_triton_runs_on_the_cpu_in_the_interpreter(monkeypatch):
@@ -329,3 +330,60 @@ def test_no_tokens(triton_here):
     q, k, v, cu_seqlens = packed([])
     assert tiled_attention(q, k, v, cu_seqlens, 0).shape == (0, 2, 16)
     assert run_triton(q, k, v, cu_seqlens, 0).shape == (0, 2, 16)
+
+
+# ----------------------------------------------------------------------------- no sync per call
+class _Reads(torch.overrides.TorchFunctionMode):
+    """Records every tensor function called: tolist/item would copy from the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+COPIES = {"tolist", "item", "__bool__", "__int__", "__index__", "cpu", "numpy"}
+
+
+def test_host_lengths_spare_the_copy_from_the_device():
+    good = _good()
+    with _Reads() as reads:
+        offsets, _ = flash._check_inputs(*good.values(), None, None, seqlens=(5, 7))
+    assert offsets == [0, 5, 12]
+    assert not COPIES & set(reads.names), reads.names
+    with _Reads() as reads:  # without them, cu_seqlens is read (the copy this test would catch)
+        flash._check_inputs(*good.values(), None, None)
+    assert "tolist" in reads.names
+
+
+@pytest.mark.parametrize("seqlens, message", [
+    ((5, 6), "T = 12"), ((12,), "has 1 lengths but cu_seqlens has 3 offsets"),
+    ((3, 9), "shorter than the longest sequence \\(9")])
+def test_host_lengths_are_checked(seqlens, message):
+    with pytest.raises(ValueError, match=message):
+        flash._check_inputs(*_good().values(), None, None, seqlens=seqlens)
+
+
+def test_the_backend_passes_the_batchs_host_lengths(monkeypatch):
+    from modernbert_mini import backends
+    from modernbert_mini.padding import Batch
+
+    seen = {}
+    monkeypatch.setattr(flash, "triton_attention", lambda *a, **kw: seen.update(kw) or a[0])
+    q, k, v, cu_seqlens = packed([5, 7])
+    backends._triton(q, k, v, Batch.packed(cu_seqlens), 8, 0.0)
+    assert seen["seqlens"] == (5, 7)
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason=NO_TRITON)
+def test_the_grid_puts_sequences_on_the_unbounded_axis():
+    cu_seqlens = torch.zeros(70_001, dtype=torch.int32)  # 70,000 sequences: more than 65,535
+    assert flash._grid(cu_seqlens, 1000, 64, 12) == (70_000, 16, 12)
+    with pytest.raises(ValueError, match="65,536 tiles of the longest sequence .* more than "
+                                         "CUDA's 65,535"):
+        flash._grid(cu_seqlens, 65_536 * 16, 16, 12)
+    with pytest.raises(ValueError, match="70,000 heads"):
+        flash._grid(cu_seqlens, 16, 16, 70_000)

@@ -235,3 +235,16 @@ def test_the_published_tokenizer_works_too():
     model = mm.ModernBertForMaskedLM(config).eval()
     (guesses,) = mm.fill_mask(model, published, "The capital of France is [MASK].", top_k=3)
     assert len(guesses) == 3 and all(0 < g.probability < 1 for g in guesses)
+
+
+def test_flash_attn_is_no_extra():
+    """flash-attn builds only without pip's build isolation: as an extra, its failure would abort
+    the package's own install (README: it is its own step)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    needs = [r for extra in project.get("optional-dependencies", {}).values() for r in extra]
+    assert not [r for r in needs + project["dependencies"] if r.lower().startswith("flash")]
+    assert "pip install flash-attn --no-build-isolation" in (root / "README.md").read_text()

@@ -76,3 +76,19 @@ def test_summary_is_one_line_that_names_the_facts(monkeypatch):
     assert "\n" not in line
     for fact in ("cuda", "Tesla T4", "capability 7.5", "bf16 no", "flash-attn no", "dtype float32"):
         assert fact in line, (fact, line)
+
+
+@pytest.mark.parametrize("capability, bf16, triton", [
+    ((6, 0), False, False),  # P100: no bf16 units, no Triton
+    ((7, 5), False, True),  # T4: bf16 only emulated (is_bf16_supported() says True: not asked)
+    ((8, 0), True, True),  # A100
+    ((9, 0), True, True),  # H100
+])
+def test_bf16_and_triton_follow_the_capability(monkeypatch, capability, bf16, triton):
+    pretend_gpu(monkeypatch, capability, triton_installed=True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation counts there
+    rt = runtime.detect()
+    assert rt.bf16 is bf16 and runtime.native_bf16(capability) is bf16
+    assert rt.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert rt.triton is triton
+    assert ("triton" in rt.attention_backends) is triton

@@ -1,29 +1,117 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, in one run, for a session that is lent a GPU machine:
-#   1. the tests that run on the GPU there: every backend on CUDA tensors (test_backends), the
-#      Triton kernel compiled for the GPU (test_flash), the whole model moved to the GPU against
-#      transformers' on the same GPU, fp32 and bf16 (test_gpu);
-#   2. `make bench`'s three cases on the GPU, where it adds the bf16 and flash-attn rows.
-# It uses the python3 that is there, with its own torch, triton and transformers (no venv), and
-# writes its logs and the bench table, json and plot to $OUT (or out/gpu_check/): 6 files.
-# Budget: the tests take about a minute, the bench a few; each step has its own time limit.
+# The checks that need a CUDA GPU, in one run that always reports, for a session lent a GPU machine:
+#   1. versions first (python, torch, CUDA, triton, transformers, pytest, the GPU's capability);
+#   2. what the machine lacks (tools/gpu_requirements.txt), installed from wheelhouse/ with
+#      `pip install --no-index` (the machine has no network; `make wheelhouse` makes it here);
+#   3. each GPU test file in its own pytest call with its own time limit, so that one collection
+#      error stops one file, not all;
+#   4. `make bench`'s cases on the GPU (fp32 and bf16/fp16, every backend beside eager), whose
+#      files are rewritten after every case, so a cut-short run keeps what it finished.
+# Everything lands in $OUT (or out/gpu_check/), at most 8 files, see README.md ("Checking a GPU").
+# The whole run stays under TOTAL seconds (default 540: one 600 s device call with room to spare);
+# each step's limit is cut to what is left, and the bench keeps BENCH_RESERVE seconds for itself.
+#
+#   bash tools/gpu_check.sh                    on the GPU machine (carry wheelhouse/ there)
+#   GPU_CHECK_DRY=1 bash tools/gpu_check.sh    here, on the CPU: the same plumbing end to end
+#     (the wheelhouse unpacked into a throwaway folder for Python 3.12, the GPU test files run and
+#     skip, the other files only collected, the bench at the mini model's size), in 2-4 minutes
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu_check}
 mkdir -p "$out"
-export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+dry=${GPU_CHECK_DRY:-0}
 PY=${PY:-python3}
+TOTAL=${TOTAL:-540}
+BENCH_RESERVE=${BENCH_RESERVE:-200}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+start=$SECONDS
+status=0
+: >"$out/summary.txt"
 
-$PY -c 'import sys, torch; sys.exit(None if torch.cuda.is_available() else
-        "no CUDA GPU here: tools/gpu_check.sh is for a GPU machine")' || exit 2
-$PY -c 'import modernbert_mini as mm; print(mm.runtime.summary())' 2>&1 | tee "$out/runtime.txt"
+left() { echo $((TOTAL - (SECONDS - start))); }
+note() { echo "[gpu_check +$((SECONDS - start))s] $*" | tee -a "$out/summary.txt"; }
+step() {  # step NAME LIMIT LOG COMMAND...: run with a time limit, output appended to LOG
+  local name=$1 limit=$2 log=$3 began=$SECONDS code
+  shift 3
+  if [ "$limit" -le 5 ]; then
+    note "$name: not run, no time left"; status=1; return
+  fi
+  echo "===== $name (limit ${limit}s): $*" >>"$log"
+  timeout -k 5 "$limit" "$@" >>"$log" 2>&1
+  code=$?
+  [ "$code" -eq 124 ] && note "$name: TIMED OUT after ${limit}s"
+  note "$name: exit $code in $((SECONDS - began))s ($(tail -n 1 "$log" | cut -c1-120))"
+  [ "$code" -eq 0 ] || [ "$code" -eq 5 ] || status=1
+}
 
-timeout 300 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_backends.py \
-    tests/test_flash.py tests/test_runtime.py 2>&1 | tee "$out/tests.log"
-tests=${PIPESTATUS[0]}
+versions() {
+  $PY - <<'EOF'
+import importlib, platform, sys
+print("python", platform.python_version(), sys.executable)
+for name in ("torch", "triton", "transformers", "pytest", "yaml", "matplotlib", "flash_attn"):
+    try:
+        print(f"{name:13}", getattr(importlib.import_module(name), "__version__", "?"))
+    except Exception as error:  # missing, or broken: say which
+        print(f"{name:13} MISSING ({type(error).__name__}: {error})")
+try:
+    import torch
+    if torch.cuda.is_available():
+        print("cuda         ", torch.version.cuda, "|", torch.cuda.get_device_name(0),
+              "| capability", "{}.{}".format(*torch.cuda.get_device_capability(0)))
+    else:
+        print("cuda          none: no CUDA GPU here")
+    import modernbert_mini as mm
+    print("runtime      ", mm.runtime.summary())
+    print("backends     ", ", ".join(mm.runtime.detect().attention_backends))
+except Exception as error:
+    print("runtime       FAILED:", type(error).__name__, error)
+EOF
+}
 
-timeout 360 $PY -m modernbert_mini.bench --out "$out" --repeats 3 2>&1 | tee "$out/bench.log"
-bench=${PIPESTATUS[0]}
+note "start: dry=$dry, python $PY, out $out, budget ${TOTAL}s"
+versions 2>&1 | tee "$out/versions.txt"
 
-echo "gpu_check: tests exit $tests, bench exit $bench"
-[ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
+# --------------------------------------------------------------------------- what is missing
+if ! ls wheelhouse/*.whl >/dev/null 2>&1; then
+  note "install: no wheelhouse/ (make wheelhouse, then carry it): nothing installed"
+  status=1
+elif [ "$dry" = 1 ]; then  # every wheel, unpacked for the GPU machine's Python into a throwaway folder
+  site=$(mktemp -d)
+  step "install (dry: unpack for cp312 into $site)" 120 "$out/install.log" \
+    $PY -m pip install --no-index --no-deps --no-compile --only-binary=:all: --target "$site" \
+    --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 wheelhouse/*.whl
+  rm -rf "$site"
+else  # pip installs only what is missing or too old there
+  step install 120 "$out/install.log" $PY -m pip install --no-index --find-links wheelhouse \
+    --disable-pip-version-check -r tools/gpu_requirements.txt
+  { echo; echo "after install:"; versions; } >>"$out/versions.txt" 2>&1
+fi
+
+# --------------------------------------------------------------------------- tests, one call a file
+# name and limit; the GPU-only files first (they skip without CUDA)
+tests=("test_flash_gpu.py 150" "test_gpu.py 90" "test_flash.py 90" "test_backends.py 60" "test_runtime.py 30")
+: >"$out/tests.log"
+for entry in "${tests[@]}"; do
+  set -- $entry
+  file=$1 limit=$2
+  budget=$(( $(left) - BENCH_RESERVE ))
+  [ "$budget" -lt "$limit" ] && limit=$budget
+  case "$dry:$file" in
+    1:test_flash_gpu.py | 1:test_gpu.py | 0:*) only=() ;;  # run (in dry mode they skip: no CUDA)
+    *) only=(--collect-only) ;;  # dry mode, a file that would run on the CPU: collection only
+  esac
+  step "$file" "$limit" "$out/tests.log" $PY -m pytest -q -rs -p no:cacheprovider "${only[@]}" "tests/$file"
+done
+
+# --------------------------------------------------------------------------- bench, case by case
+if [ "$dry" = 1 ]; then
+  bench_args=(--cases full --repeats 1 --model mini)
+else
+  bench_args=(--cases full varlen long --repeats 3)
+fi
+: >"$out/bench.log"
+step bench "$(( $(left) ))" "$out/bench.log" $PY -m modernbert_mini.bench --out "$out" "${bench_args[@]}"
+
+note "done in $((SECONDS - start))s, exit $status; files: $(cd "$out" && ls | tr '\n' ' ')"
+exit $status
