@@ -166,6 +166,8 @@ def test_choose_can_be_asked_about_another_device():
     t4 = {"flash_attn": False, "triton": True}
     assert choose("auto", unpadded, q16, 128, device="cuda", installed=a100).name == "flash_attn"
     assert choose("auto", unpadded, q16.half(), 128, device="cuda", installed=t4).name == "triton"
-    assert choose("auto", unpadded, q16.float(), None, device="cuda", installed={}).name in ("triton", "varlen")
+    # float32 rules out flash_attn; then Triton where it is installed, else varlen
+    assert choose("auto", unpadded, q16.float(), None, device="cuda", installed={"triton": True}).name == "triton"
+    assert choose("auto", unpadded, q16.float(), None, device="cuda", installed={"triton": False}).name == "varlen"
     with pytest.raises(ValueError, match="does not run on cuda here"):
         choose("flash_attn", unpadded, q16, None, device="cuda", installed={"flash_attn": False})

@@ -68,6 +68,24 @@ def test_one_classifier_step_lowers_the_loss_on_a_tiny_batch(tokenizer):
     assert after < before - 0.01  # 1.103 -> 1.074 when this was written
 
 
+def test_fit_trains_in_train_mode_and_leaves_eval_mode(tokenizer):
+    """Dropout acts while fine-tuning: every module is in train mode at every step."""
+    torch.manual_seed(0)
+    model = ModernBertForSequenceClassification(tiny_config(classifier_dropout=0.5), num_labels=3)
+    batch = ft.collate(ft.tokenize(tokenizer, TEXTS, 32), range(4))
+    labels = torch.tensor([0, 1, 2, 1])
+    modes = []
+
+    def loss_of(_):
+        modes.append({m.training for m in model.modules()})
+        return ft.classification_loss(model, batch, labels)
+    model.eval()
+    cfg = ft.FinetuneConfig(lr=1e-4, warmup_ratio=0, decay_ratio=0, progress=False)
+    ft.fit(model, [0, 1], loss_of, cfg)
+    assert modes == [{True}, {True}]
+    assert not model.training  # ready to predict
+
+
 def test_one_biencoder_step_lowers_the_contrastive_loss(tokenizer):
     torch.manual_seed(0)
     model = ft.BiEncoder(ModernBertModel(tiny_config()))
