@@ -24,6 +24,9 @@ and unpads them; without rows, the same thing is a flat budget of rows x 1,024 t
 - `PackedBatch`, `PackedLoader`: packed batches up to a token budget, shuffled per epoch, with a
   `state_dict` (epoch and position) so a run resumes exactly where it stopped;
 - `pad_fraction`: how much of a padded batch would be padding, for comparison;
+- `special_ids`, `masking_args`, `step_generator`: what masking needs in a training run;
+- `masked_loss_sum`, `validation_slice`, `evaluate`, `unigram_baseline`: the loss of a packed
+  batch, and how a run is scored on a fixed masked slice of the validation split.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer
 
+from . import runtime
+from .config import ModernBertConfig
 from .model import IGNORE_INDEX
 
 MASK_RATE = 0.3  # ModernBERT's; BERT used 0.15
+EVAL_SEED = 20_241_219  # the validation slice is masked the same way in every run
 MASK_SPLIT = (0.8, 0.1, 0.1)  # of the chosen tokens: [MASK], a random token, unchanged
 
 
@@ -267,3 +273,90 @@ def pad_fraction(seqlens: Sequence[int], pad_to: int | None = None) -> float:
     if width < max(seqlens):
         raise ValueError(f"pad_to={pad_to} is shorter than the longest sequence ({max(seqlens)})")
     return 1.0 - sum(seqlens) / (len(seqlens) * width)
+
+
+# ----------------------------------------------------------------------------- in a training run
+def special_ids(tokenizer: Tokenizer) -> list[int]:
+    """Every added special token ([UNK], [CLS], [SEP], [PAD], [MASK]): never masked."""
+    return sorted(tokenizer.token_to_id(t.content)
+                  for t in tokenizer.get_added_tokens_decoder().values() if t.special)
+
+
+def masking_args(tokenizer: Tokenizer, config: ModernBertConfig) -> dict:
+    """mask_tokens' keyword arguments for this tokenizer and model."""
+    return dict(mask_id=config.mask_token_id, vocab_size=config.vocab_size,
+                special_ids=special_ids(tokenizer))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator that masks step `step`: a function of (seed, step) only, so resumable."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def masked_loss_sum(model, inputs: torch.Tensor, labels: torch.Tensor, batch: PackedBatch,
+                    n_labels: int, device: torch.device):
+    """(sum of cross entropy over the masked tokens, logits) for one packed batch."""
+    out = model(inputs.to(device), labels=labels.to(device),
+                cu_seqlens=batch.cu_seqlens.to(device), max_seqlen=batch.max_seqlen)
+    if n_labels == 0:  # nothing masked here: a zero that still reaches every parameter
+        return out.logits.sum() * 0.0, out.logits
+    return out.loss * n_labels, out.logits  # the model's loss is the mean over its masked tokens
+
+
+def validation_slice(texts: Sequence[str], tokenizer: Tokenizer, config: ModernBertConfig, *,
+                     max_len: int, batch_tokens: int, eval_tokens: int,
+                     rate: float = MASK_RATE) -> list:
+    """The first `eval_tokens` tokens of `texts`, packed and masked once:
+    [(PackedBatch, inputs, labels)], the same for every run with these settings."""
+    args = masking_args(tokenizer, config)
+    loader = PackedLoader(tokenize_documents(texts, tokenizer, max_len), shuffle=False)
+    out, total = [], 0
+    for i, batch in enumerate(loader.batches(batch_tokens)):
+        if total >= eval_tokens:
+            break
+        inputs, labels = mask_tokens(batch.input_ids, **args, rate=rate,
+                                     generator=torch.Generator().manual_seed(EVAL_SEED + i))
+        out.append((batch, inputs, labels))
+        total += batch.num_tokens
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, eval_batches, device: torch.device) -> dict:
+    """Loss and accuracy of a ModernBertForMaskedLM over the chosen tokens of a validation slice.
+
+    `accuracy` counts every chosen token, including the 10% left unchanged, which a model can
+    simply copy; `mask_accuracy` counts only the tokens replaced by [MASK].
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count, mask_correct, mask_count = 0.0, 0, 0, 0, 0
+    for batch, inputs, labels in eval_batches:
+        chosen = labels != IGNORE_INDEX
+        n = int(chosen.sum())
+        with runtime.autocast(device):
+            total, logits = masked_loss_sum(model, inputs, labels, batch, n, device)
+        if not model.config.sparse_prediction:
+            logits = logits[chosen.to(device)]
+        hits = (logits.argmax(-1).cpu() == labels[chosen])  # (n,)
+        as_mask = inputs[chosen] == model.config.mask_token_id  # (n,)
+        loss_sum += float(total)
+        correct += int(hits.sum())
+        count += n
+        mask_correct += int(hits[as_mask].sum())
+        mask_count += int(as_mask.sum())
+    model.train(was_training)
+    return {"loss": loss_sum / count, "accuracy": correct / count,
+            "mask_accuracy": mask_correct / mask_count, "masked_tokens": count}
+
+
+def unigram_baseline(train_tokens: torch.Tensor, eval_batches, vocab_size: int,
+                     specials: list[int]) -> dict:
+    """Always predict the most frequent training token; and the unigram distribution's loss."""
+    counts = torch.bincount(train_tokens.long(), minlength=vocab_size).double()
+    counts[specials] = 0
+    top = int(counts.argmax())
+    log_p = ((counts + 1) / (counts + 1).sum()).log()  # add-one smoothing
+    targets = torch.cat([labels[labels != IGNORE_INDEX] for _, _, labels in eval_batches])
+    return {"token_id": top, "accuracy": float((targets == top).double().mean()),
+            "loss": float(-log_p[targets].mean())}  # the same on [MASK]ed tokens, in expectation

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from modernbert_mini import experiment as ex
 from modernbert_mini import finetune as ft
 from modernbert_mini import tasks
 from modernbert_mini.config import ModernBertConfig
@@ -59,11 +60,11 @@ def test_one_classifier_step_lowers_the_loss_on_a_tiny_batch(tokenizer):
     batch = ft.collate(ft.tokenize(tokenizer, TEXTS, 32), range(4))
     model.eval()
     with torch.no_grad():
-        before = ft.classification_loss(model, batch, labels).item()
+        before = ft.classifier_batch_loss(model, batch, labels).item()
     cfg = ft.FinetuneConfig(lr=1e-4, warmup_ratio=0, decay_ratio=0, progress=False)
-    losses = ft.fit(model, [0], lambda _: ft.classification_loss(model, batch, labels), cfg)
+    losses = ft.fit(model, [0], lambda _: ft.classifier_batch_loss(model, batch, labels), cfg)
     with torch.no_grad():
-        after = ft.classification_loss(model, batch, labels).item()
+        after = ft.classifier_batch_loss(model, batch, labels).item()
     assert losses == pytest.approx([before], rel=1e-5)  # no dropout: fit saw the same loss
     assert after < before - 0.01  # 1.103 -> 1.074 when this was written
 
@@ -78,7 +79,7 @@ def test_fit_trains_in_train_mode_and_leaves_eval_mode(tokenizer):
 
     def loss_of(_):
         modes.append({m.training for m in model.modules()})
-        return ft.classification_loss(model, batch, labels)
+        return ft.classifier_batch_loss(model, batch, labels)
     model.eval()
     cfg = ft.FinetuneConfig(lr=1e-4, warmup_ratio=0, decay_ratio=0, progress=False)
     ft.fit(model, [0, 1], loss_of, cfg)
@@ -173,8 +174,8 @@ def test_config_refuses_bad_values():
 @pytest.fixture(scope="module")
 def datasets(tokenizer):
     cut = ft.FinetuneConfig().max_len
-    return {"test": ft.finetuning_data(tokenizer, cut, validation=False),
-            "validation": ft.finetuning_data(tokenizer, cut, validation=True)}
+    return {"test": ex.finetuning_data(tokenizer, cut, validation=False),
+            "validation": ex.finetuning_data(tokenizer, cut, validation=True)}
 
 
 @pytest.mark.parametrize("split", ["test", "validation"])
@@ -185,11 +186,11 @@ def test_no_scored_example_in_the_finetuning_data(datasets, tokenizer, split):
     cut = ft.FinetuneConfig().max_len
     for train, scored in ((classification.train, classification.test), (search.train, search.test)):
         assert {e.path for e in train}.isdisjoint(e.path for e in scored)
-        seen = {t for e in train for t in ft.example_texts(e)}
-        assert not any(t in seen for e in scored for t in ft.example_texts(e))
+        seen = {t for e in train for t in ex.example_texts(e)}
+        assert not any(t in seen for e in scored for t in ex.example_texts(e))
         seen = {tuple(s.tolist()) for s in ft.tokenize(
-            tokenizer, [t for e in train for t in ft.example_texts(e)], cut)}
-        scored_sequences = ft.tokenize(tokenizer, [t for e in scored for t in ft.example_texts(e)], cut)
+            tokenizer, [t for e in train for t in ex.example_texts(e)], cut)}
+        scored_sequences = ft.tokenize(tokenizer, [t for e in scored for t in ex.example_texts(e)], cut)
         assert not any(tuple(s.tolist()) in seen for s in scored_sequences)
     if split == "test":  # the task's own test split, which the baselines score too
         whole = tasks.package_classification()
@@ -202,9 +203,9 @@ def test_glue_offline_says_it_needs_the_network(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
     monkeypatch.setattr(ft, "load_tokenizer", offline)
     with pytest.raises(RuntimeError, match="needs the network"):
-        ft.finetune_glue("sst2")
+        ex.finetune_glue("sst2")
     with pytest.raises(ValueError, match="not supported"):
-        ft.finetune_glue("squad")
+        ex.finetune_glue("squad")
 
 
 def test_drop_overlap_by_hand(tokenizer):
@@ -215,17 +216,32 @@ def test_drop_overlap_by_hand(tokenizer):
              tasks.LabelledText("def other():\n    pass\n", 1, "a/two.py", "other"))
     task = tasks.ClassificationTask(("a", "b"), train, test)
     assert len(tokenizer.encode(head).ids) > 8  # the head alone fills the cut below
-    assert ft.drop_overlap(task, tokenizer, max_len=8).train == train[1:]
-    assert ft.drop_overlap(task, tokenizer, max_len=64).train == train  # apart when read whole
+    assert ex.drop_overlap(task, tokenizer, max_len=8).train == train[1:]
+    assert ex.drop_overlap(task, tokenizer, max_len=64).train == train  # apart when read whole
 
 
 def test_mean_and_spread_and_the_table_by_hand():
     runs = [{"accuracy": 0.5, "seconds": 10.0, "name": "x"}, {"accuracy": 0.7, "seconds": 12.0}]
-    spread = ft.mean_and_spread(runs)  # sample standard deviation: sqrt(((-0.1)^2 + 0.1^2) / 1)
+    spread = ex.mean_and_spread(runs)  # sample standard deviation: sqrt(((-0.1)^2 + 0.1^2) / 1)
     assert list(spread) == ["accuracy", "seconds"]  # numbers only
     assert spread["accuracy"] == pytest.approx((0.6, math.sqrt(0.02)))
     assert spread["seconds"] == pytest.approx((11.0, math.sqrt(2)))
-    table = ft.markdown_table({"TF-IDF": {"accuracy": (0.625, None)},
+    table = ex.markdown_table({"TF-IDF": {"accuracy": (0.625, None)},
                                "mini": {"accuracy": spread["accuracy"], "mrr@10": (0.3, 0.01)}})
     assert table.splitlines()[2] == "| TF-IDF | 0.625 | — | — | — | — |"
     assert table.splitlines()[3] == "| mini | 0.600 ± 0.141 | — | 0.300 ± 0.010 | — | — |"
+
+
+def test_the_command_line_comes_from_the_config_types():
+    """The same generator as train.py's: flags typed from the annotations, only given ones set."""
+    import argparse
+
+    from modernbert_mini import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_fields(parser, ft.FinetuneConfig, skip=("seed",), unset=True)
+    args = parser.parse_args(["--lr=1e-3", "--betas", "0.8", "0.9", "--no-progress", "--epochs=2"])
+    assert cli.given(args, ft.FinetuneConfig) == {"lr": 1e-3, "betas": (0.8, 0.9),
+                                                  "progress": False, "epochs": 2}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seed=1"])  # skipped: the experiment's --seeds sets it

@@ -16,8 +16,9 @@ from modernbert_mini.inference import fill_mask
 from modernbert_mini.mlm import PackedLoader, mask_tokens, tokenize_documents
 from modernbert_mini.model import IGNORE_INDEX
 from modernbert_mini.tokenizer import MASK_ID, load_tokenizer, save_tokenizer, train_tokenizer
-from modernbert_mini.train import (LOG_FILE, PLOT_FILE, TrainConfig, masked_loss_sum, parse_args,
-                                   shard, train, validation_slice)
+from modernbert_mini.loop import shard
+from modernbert_mini.mlm import masked_loss_sum
+from modernbert_mini.train import LOG_FILE, PLOT_FILE, TrainConfig, parse_args, train, validation_batches
 
 TINY = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
             local_attention=16)  # layer 0 global, 1 and 2 local with a window the sequences exceed
@@ -67,7 +68,7 @@ def test_validation_accuracy_counts_the_argmax_hits(uninterrupted, tokenizer_dir
     cfg = tiny_config(tokenizer_dir, out)
     model = ModernBertForMaskedLM.from_pretrained(out).eval()
     hits, count, mask_hits, mask_count = 0, 0, 0, 0
-    for batch, inputs, labels in validation_slice(cfg, load_tokenizer(out), model.config):
+    for batch, inputs, labels in validation_batches(cfg, load_tokenizer(out), model.config):
         with torch.no_grad():  # no labels: logits at every token, (T, V)
             logits = model(inputs, cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen).logits
         chosen = labels != IGNORE_INDEX
