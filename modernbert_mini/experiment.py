@@ -25,9 +25,9 @@ from tokenizers import Tokenizer
 from . import cli, data, tasks
 from .finetune import (BiEncoder, FinetuneConfig, embed_texts, load_checkpoint_tokenizer,
                        load_encoder_checkpoint, predict, rank, reciprocal_rank_fusion,
-                       tokenize, train_biencoder, train_classifier)
+                       train_biencoder, train_classifier)
 from .model import ModernBertForSequenceClassification
-from .tokenizer import load_tokenizer
+from .tokenizer import load_tokenizer, to_sequences
 
 BASE_MODEL = "answerdotai/ModernBERT-base"
 FUSION_DEPTH = 100  # how deep each ranking goes into the fusion
@@ -81,7 +81,7 @@ def drop_overlap(task, tokenizer: Tokenizer, max_len: int):
     (The task keeps distinct texts apart; cut to 128 tokens, two `distutils` `link` methods meet.)"""
     def cut(examples):
         texts = [t for e in examples for t in example_texts(e)]
-        return [tuple(s.tolist()) for s in tokenize(tokenizer, texts, max_len)] if texts else []
+        return [tuple(s.tolist()) for s in to_sequences(tokenizer, texts, max_len, overflow="truncate")]
     scored = set(cut(task.test))
     per = len(example_texts(task.train[0]))
     seen = cut(task.train)

@@ -36,10 +36,10 @@ from torch import nn
 
 from . import data, loop
 from .config import ModernBertConfig
-from .mlm import PackedBatch, Sequences, collate
+from .mlm import PackedBatch, collate
 from .model import ModernBertForSequenceClassification, ModernBertModel, pool
 from .runtime import autocast
-from .tokenizer import load_tokenizer
+from .tokenizer import Text, load_tokenizer, to_sequences
 
 RRF_K = 60  # reciprocal rank fusion's constant, as in Cormack et al. (2009)
 
@@ -91,27 +91,6 @@ class FinetuneConfig:
 
 
 # ----------------------------------------------------------------------------- text -> batches
-Text = str | tuple[str, str]  # one text, or a pair (GLUE's sentence1, sentence2)
-
-
-def tokenize(tokenizer: Tokenizer, texts: Sequence[Text], max_len: int) -> Sequences:
-    """Each text (or pair) as one [CLS] ... [SEP] sequence of at most `max_len` tokens.
-
-    A longer text is cut at the end (a pair: the longer of the two first), keeping the special
-    tokens; a classifier sees one sequence per example, so nothing is split into pieces.
-    """
-    if not texts:
-        raise ValueError("texts is empty: there is nothing to tokenize")
-    plain = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's settings stay as they were
-    plain.no_padding()
-    plain.enable_truncation(max_len)
-    encodings = plain.encode_batch(list(texts))
-    lengths = torch.tensor([len(e.ids) for e in encodings], dtype=torch.long)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    tokens = torch.tensor([i for e in encodings for i in e.ids], dtype=torch.int32)
-    return Sequences(tokens, offsets)
-
-
 def length_grouped_batches(lengths: Sequence[int], batch_size: int,
                            generator: torch.Generator | None = None,
                            group: int = 64) -> list[list[int]]:
@@ -188,7 +167,7 @@ def train_classifier(model: ModernBertForSequenceClassification, tokenizer: Toke
     """Fine-tune `model` on (text, label) pairs; returns the loss of every step."""
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels: they must pair up")
-    sequences = tokenize(tokenizer, texts, cfg.max_len)
+    sequences = to_sequences(tokenizer, texts, cfg.max_len, overflow="truncate")
     dtype = torch.float32 if model.num_labels == 1 else torch.long
     targets = torch.tensor(list(labels), dtype=dtype)
     steps = epoch_batches(sequences.lengths, cfg)
@@ -201,7 +180,7 @@ def predict(model: ModernBertForSequenceClassification, tokenizer: Tokenizer,
             texts: Sequence[Text], max_len: int, batch_size: int = 64) -> torch.Tensor:
     """The logits (N, num_labels) for each text, in the order of `texts`."""
     model.eval()
-    sequences = tokenize(tokenizer, texts, max_len)
+    sequences = to_sequences(tokenizer, texts, max_len, overflow="truncate")
     logits = torch.empty(len(texts), model.num_labels)
     for rows in length_grouped_batches(sequences.lengths, batch_size):
         batch = collate(sequences, rows)
@@ -248,8 +227,8 @@ def train_biencoder(model: BiEncoder, tokenizer: Tokenizer, queries: Sequence[st
     """Fine-tune on (query, document) pairs with in-batch negatives; the loss of every step."""
     if len(queries) != len(documents):
         raise ValueError(f"{len(queries)} queries but {len(documents)} documents: they must pair up")
-    q_seqs = tokenize(tokenizer, queries, cfg.max_len)
-    d_seqs = tokenize(tokenizer, documents, cfg.max_len)
+    q_seqs = to_sequences(tokenizer, queries, cfg.max_len, overflow="truncate")
+    d_seqs = to_sequences(tokenizer, documents, cfg.max_len, overflow="truncate")
     steps = epoch_batches(d_seqs.lengths, cfg)  # documents are the long side: group by them
 
     def loss_of(rows):
@@ -263,7 +242,7 @@ def embed_texts(model: BiEncoder, tokenizer: Tokenizer, texts: Sequence[str], ma
                 batch_size: int = 64) -> torch.Tensor:
     """(N, H) unit vectors, in the order of `texts`, cut at max_len tokens as in training."""
     model.eval()
-    sequences = tokenize(tokenizer, texts, max_len)
+    sequences = to_sequences(tokenizer, texts, max_len, overflow="truncate")
     out = torch.empty(len(texts), model.encoder.config.hidden_size)
     for rows in length_grouped_batches(sequences.lengths, batch_size):
         with autocast(model.device):

@@ -31,7 +31,6 @@ and unpads them; without rows, the same thing is a flat budget of rows x 1,024 t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +40,7 @@ from tokenizers import Tokenizer
 from . import runtime
 from .config import ModernBertConfig
 from .model import IGNORE_INDEX
+from .tokenizer import Sequences, to_sequences
 
 MASK_RATE = 0.3  # ModernBERT's; BERT used 0.15
 EVAL_SEED = 20_241_219  # the validation slice is masked the same way in every run
@@ -94,64 +94,14 @@ def mask_tokens(input_ids: torch.Tensor, *, mask_id: int, vocab_size: int,
 
 
 # ----------------------------------------------------------------------------- the corpus
-@dataclass
-class Sequences:
-    """Tokenized sequences, stored as one flat tensor: sequence i is tokens[offsets[i]:offsets[i+1]]."""
-
-    tokens: torch.Tensor  # (total,) int32
-    offsets: torch.Tensor  # (n + 1,) int64
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
-
-    @property
-    def lengths(self) -> list[int]:
-        return self.offsets.diff().tolist()
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.offsets[-1])
-
-
-def _split_evenly(ids: list[int], room: int) -> list[list[int]]:
-    """Cut ids into the fewest nearly equal pieces of at most `room` each."""
-    pieces = max(1, math.ceil(len(ids) / room))
-    size, extra = divmod(len(ids), pieces)  # the first `extra` pieces get one more
-    out, start = [], 0
-    for i in range(pieces):
-        stop = start + size + (i < extra)
-        out.append(ids[start:stop])
-        start = stop
-    return out
-
-
 def tokenize_documents(texts: Sequence[str], tokenizer: Tokenizer, max_len: int) -> Sequences:
     """Tokenize documents into [CLS] ... [SEP] sequences of at most `max_len` tokens.
 
     A document whose tokens do not fit is cut into nearly equal chunks, each wrapped in
     [CLS] ... [SEP] of its own; every token of every (non-empty) document ends up in exactly one
-    sequence.
+    sequence (`tokenizer.to_sequences` with overflow="split").
     """
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    if cls_id is None or sep_id is None:
-        raise ValueError("the tokenizer has no [CLS] or [SEP] token")
-    if not (isinstance(max_len, int) and max_len >= 3):
-        raise ValueError(f"max_len={max_len!r} is invalid: must be an integer >= 3 "
-                         "([CLS], at least one token, [SEP])")
-    plain = Tokenizer.from_str(tokenizer.to_str())  # a copy without padding and truncation
-    plain.no_padding()
-    plain.no_truncation()
-    chunks = []
-    for encoding in plain.encode_batch(list(texts), add_special_tokens=False):
-        if encoding.ids:
-            chunks.extend([cls_id, *piece, sep_id] for piece in _split_evenly(encoding.ids, max_len - 2))
-    lengths = torch.tensor([len(c) for c in chunks], dtype=torch.long)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    tokens = torch.tensor([i for c in chunks for i in c], dtype=torch.int32)
-    return Sequences(tokens, offsets)
+    return to_sequences(tokenizer, texts, max_len, overflow="split")
 
 
 # ----------------------------------------------------------------------------- packing

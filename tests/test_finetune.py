@@ -12,6 +12,7 @@ from modernbert_mini import tasks
 from modernbert_mini.config import ModernBertConfig
 from modernbert_mini.data import corpus_tokenizer
 from modernbert_mini.model import ModernBertForSequenceClassification, ModernBertModel
+from modernbert_mini.tokenizer import to_sequences
 
 
 def tiny_config(**fields):
@@ -32,7 +33,7 @@ TEXTS = ["def add(a, b):\n    return a + b\n", "import asyncio\nloop = asyncio.n
 
 def test_tokenize_cuts_long_texts_and_keeps_the_special_tokens(tokenizer):
     long = "x = 1\n" * 200
-    sequences = ft.tokenize(tokenizer, [TEXTS[0], long], max_len=16)
+    sequences = to_sequences(tokenizer, [TEXTS[0], long], 16, overflow="truncate")
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     short = tokenizer.encode(TEXTS[0]).ids  # the tokenizer's own [CLS] ... [SEP]
     assert sequences[0].tolist() == short
@@ -57,7 +58,7 @@ def test_one_classifier_step_lowers_the_loss_on_a_tiny_batch(tokenizer):
     torch.manual_seed(0)
     model = ModernBertForSequenceClassification(tiny_config(), num_labels=3)
     labels = torch.tensor([0, 1, 2, 1])
-    batch = ft.collate(ft.tokenize(tokenizer, TEXTS, 32), range(4))
+    batch = ft.collate(to_sequences(tokenizer, TEXTS, 32, overflow="truncate"), range(4))
     model.eval()
     with torch.no_grad():
         before = ft.classifier_batch_loss(model, batch, labels).item()
@@ -73,7 +74,7 @@ def test_fit_trains_in_train_mode_and_leaves_eval_mode(tokenizer):
     """Dropout acts while fine-tuning: every module is in train mode at every step."""
     torch.manual_seed(0)
     model = ModernBertForSequenceClassification(tiny_config(classifier_dropout=0.5), num_labels=3)
-    batch = ft.collate(ft.tokenize(tokenizer, TEXTS, 32), range(4))
+    batch = ft.collate(to_sequences(tokenizer, TEXTS, 32, overflow="truncate"), range(4))
     labels = torch.tensor([0, 1, 2, 1])
     modes = []
 
@@ -90,10 +91,10 @@ def test_fit_trains_in_train_mode_and_leaves_eval_mode(tokenizer):
 def test_one_biencoder_step_lowers_the_contrastive_loss(tokenizer):
     torch.manual_seed(0)
     model = ft.BiEncoder(ModernBertModel(tiny_config()))
-    queries = ft.collate(ft.tokenize(tokenizer, ["add two numbers", "a new event loop",
-                                                     "a logging handler", "close the socket"], 16),
+    queries = ft.collate(to_sequences(tokenizer, ["add two numbers", "a new event loop",
+                                                     "a logging handler", "close the socket"], 16, overflow="truncate"),
                              range(4))
-    documents = ft.collate(ft.tokenize(tokenizer, TEXTS, 32), range(4))
+    documents = ft.collate(to_sequences(tokenizer, TEXTS, 32, overflow="truncate"), range(4))
 
     def loss():
         return ft.contrastive_loss(model(queries), model(documents), temperature=0.05)
@@ -123,7 +124,7 @@ def test_biencoder_vectors_are_unit_mean_pooled_states(tokenizer):
     """BiEncoder on a packed batch == the mean of the padded model's states over real tokens."""
     torch.manual_seed(0)
     encoder = ModernBertModel(tiny_config()).eval()
-    sequences = ft.tokenize(tokenizer, TEXTS, 32)
+    sequences = to_sequences(tokenizer, TEXTS, 32, overflow="truncate")
     with torch.no_grad():
         vectors = ft.BiEncoder(encoder)(ft.collate(sequences, range(4)))
         for i in range(4):
@@ -188,9 +189,9 @@ def test_no_scored_example_in_the_finetuning_data(datasets, tokenizer, split):
         assert {e.path for e in train}.isdisjoint(e.path for e in scored)
         seen = {t for e in train for t in ex.example_texts(e)}
         assert not any(t in seen for e in scored for t in ex.example_texts(e))
-        seen = {tuple(s.tolist()) for s in ft.tokenize(
-            tokenizer, [t for e in train for t in ex.example_texts(e)], cut)}
-        scored_sequences = ft.tokenize(tokenizer, [t for e in scored for t in ex.example_texts(e)], cut)
+        seen = {tuple(s.tolist()) for s in to_sequences(
+            tokenizer, [t for e in train for t in ex.example_texts(e)], cut, overflow="truncate")}
+        scored_sequences = to_sequences(tokenizer, [t for e in scored for t in ex.example_texts(e)], cut, overflow="truncate")
         assert not any(tuple(s.tolist()) in seen for s in scored_sequences)
     if split == "test":  # the task's own test split, which the baselines score too
         whole = tasks.package_classification()
