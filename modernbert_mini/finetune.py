@@ -37,7 +37,7 @@ from torch import nn
 from . import data, loop
 from .config import ModernBertConfig
 from .mlm import PackedBatch, collate
-from .model import ModernBertForSequenceClassification, ModernBertModel, pool
+from .model import ModernBertForSequenceClassification, ModernBertModel
 from .runtime import autocast
 from .tokenizer import Text, load_tokenizer, to_sequences
 
@@ -205,8 +205,8 @@ class BiEncoder(nn.Module):
         return self.encoder.device
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:  # -> (N, H)
-        x, layout, _ = self.encoder.encode(**to_device(batch, self.device))
-        return F.normalize(pool(x, layout, "mean").float(), dim=-1)  # x: (T, H) -> (N, H)
+        encoded = self.encoder.encode(**to_device(batch, self.device))  # (T, H), packed
+        return F.normalize(encoded.pool("mean").float(), dim=-1)  # (N, H)
 
 
 def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor,

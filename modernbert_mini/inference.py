@@ -22,7 +22,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from .model import ModernBertForMaskedLM, ModernBertModel, pool
+from .model import ModernBertForMaskedLM, ModernBertModel
 from .tokenizer import to_sequences
 
 MASK_TOKEN = "[MASK]"
@@ -160,9 +160,8 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: str | Sequence[str], ba
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             inputs = encode(tokenizer, [texts[i] for i in rows], max_length, truncation=truncation)
-            x, batch, _ = encoder.encode(inputs["input_ids"].to(device),
-                                         inputs["attention_mask"].to(device))
-            pooled = pool(x, batch, "mean").float()  # (b, H), real tokens only
+            encoded = encoder.encode(inputs["input_ids"].to(device), inputs["attention_mask"].to(device))
+            pooled = encoded.pool("mean").float()  # (b, H), real tokens only
             for i, vector in zip(rows, pooled):
                 vectors[i] = vector
     out = torch.stack(vectors)  # (N, H)
