@@ -441,10 +441,19 @@ class _Classifier(PreTrainedModel):
 
     encoder_prefix = "model."
 
-    def __init__(self, config: ModernBertConfig, num_labels: int = 2):
+    def __init__(self, config: ModernBertConfig, num_labels: int | None = None):
+        """num_labels comes from config.id2label when it names the labels (a num_labels that
+        disagrees is an error); else from here, 2 by default (transformers' LABEL_0, LABEL_1)."""
         super().__init__()
+        if num_labels is None:
+            num_labels = config.num_labels or 2
         if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
             raise ValueError(f"num_labels={num_labels!r} is invalid: must be a positive integer")
+        if config.id2label is not None and config.num_labels != num_labels:
+            raise ValueError(f"{type(self).__name__} has num_labels={num_labels}, but its config's "
+                             f"id2label names {config.num_labels} labels, "
+                             f"{list(config.id2label.values())}: pass id2label= with {num_labels} "
+                             "names, or id2label=None for the defaults LABEL_0, ...")
         self.config = config
         self.num_labels = num_labels
         self.model = ModernBertModel(config)
@@ -458,6 +467,10 @@ class _Classifier(PreTrainedModel):
         return self.classifier(self.drop(self.head(x)))
 
     def hf_config_extras(self) -> dict:
+        """transformers' default names, LABEL_0 ..., when the config names no labels (when it does,
+        its own to_hf_dict writes them): config.json always says what the classifier's rows are."""
+        if self.config.id2label is not None:
+            return {}
         labels = {i: f"LABEL_{i}" for i in range(self.num_labels)}
         return {"id2label": {str(i): name for i, name in labels.items()},
                 "label2id": {name: i for i, name in labels.items()}}
