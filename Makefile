@@ -53,7 +53,7 @@ pretrain: $(STAMP)
 ## its weights in float16, its validation loss recomputed on them (tests/test_pretrained.py checks it)
 mini-checkpoint: $(STAMP)
 	@[ -f $(PRETRAIN_DIR)/model.safetensors ] || $(MAKE) pretrain
-	$(PY) -c "import json, modernbert_mini.train as t; print(json.dumps(t.export('$(PRETRAIN_DIR)')['validation']))"
+	$(PY) -c "import json, modernbert_mini.checkpoint as c; print(json.dumps(c.export('$(PRETRAIN_DIR)')['validation']))"
 
 ## make finetune: fine-tune the `make pretrain` checkpoint (pretraining it first if it is missing) and
 ## the same architecture from random init on the offline tasks, 3 seeds each, next to the baselines
@@ -65,7 +65,7 @@ FINETUNE_DIR  ?= out/finetune
 FINETUNE_ARGS ?=
 finetune: $(STAMP)
 	@[ -f $(PRETRAIN_DIR)/model.safetensors ] || $(MAKE) pretrain
-	$(PY) -m modernbert_mini.finetune --checkpoint $(PRETRAIN_DIR) --out-dir $(FINETUNE_DIR) \
+	$(PY) -m modernbert_mini.experiment --checkpoint $(PRETRAIN_DIR) --out-dir $(FINETUNE_DIR) \
 		--attention-backend sdpa --epochs 3 --max-train 0 $(FINETUNE_ARGS)
 
 ## make corpus: remake the shipped corpus (modernbert_mini/assets/corpus) from this Python's standard

@@ -22,29 +22,14 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from .model import ModernBertForMaskedLM, ModernBertModel, pool
+from .model import ModernBertForMaskedLM, ModernBertModel
+from .tokenizer import to_sequences
 
 MASK_TOKEN = "[MASK]"
 PAD_TOKEN = "[PAD]"
 
 
 # ----------------------------------------------------------------------------- text -> tensors
-@contextmanager
-def _untouched(tokenizer: Tokenizer) -> Iterator[Tokenizer]:
-    """The tokenizer with its own padding and truncation off for a moment, then set back as
-    they were: encode pads and truncates itself, and says when it would cut."""
-    padding, truncation = tokenizer.padding, tokenizer.truncation
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    try:
-        yield tokenizer
-    finally:
-        if padding is not None:
-            tokenizer.enable_padding(**padding)
-        if truncation is not None:
-            tokenizer.enable_truncation(**truncation)
-
-
 def _check_texts(texts: str | Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         return [texts]
@@ -78,34 +63,19 @@ def encode(tokenizer: Tokenizer, texts: str | Sequence[str], max_length: int | N
     if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool)
                                    or max_length < 1):
         raise ValueError(f"max_length={max_length!r} is invalid: must be None or a positive integer")
-    with _untouched(tokenizer):
-        encodings = tokenizer.encode_batch(texts)
-        too_long = [i for i, e in enumerate(encodings) if max_length is not None and len(e.ids) > max_length]
-        if too_long and not truncation:
-            i = too_long[0]
-            raise ValueError(f"texts[{i}] is {len(encodings[i].ids)} tokens long, more than "
-                             f"max_length={max_length} ({len(too_long)} of {len(texts)} texts are): "
-                             "pass truncation=True to cut them, or a larger max_length")
-        if too_long:
-            processor = tokenizer.post_processor
-            special = processor.num_special_tokens_to_add(False) if processor is not None else 0
-            if max_length <= special:
-                raise ValueError(f"max_length={max_length} leaves no room for text next to the "
-                                 f"{special} special tokens")
-            for i in too_long:
-                cut = tokenizer.encode(texts[i], add_special_tokens=False)
-                cut.truncate(max_length - special)
-                encodings[i] = tokenizer.post_process(cut)
-    longest = max(len(e.ids) for e in encodings)
+    sequences = to_sequences(tokenizer, texts, max_length,
+                             overflow="truncate" if truncation else "error")  # [CLS] text [SEP]
+    lengths = sequences.lengths
+    longest = max(lengths)
     pad = _pad_id(tokenizer, pad_id)
-    if pad is None and any(len(e.ids) < longest for e in encodings):
+    if pad is None and min(lengths) < longest:
         raise ValueError(f"these texts need padding, but the tokenizer has no padding id and no "
                          f"{PAD_TOKEN} token: pass pad_id=")
-    input_ids = torch.full((len(encodings), longest), pad if pad is not None else 0, dtype=torch.long)
-    attention_mask = torch.zeros(len(encodings), longest, dtype=torch.long)
-    for row, e in enumerate(encodings):
-        input_ids[row, :len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
-        attention_mask[row, :len(e.ids)] = 1
+    input_ids = torch.full((len(lengths), longest), pad if pad is not None else 0, dtype=torch.long)
+    attention_mask = torch.zeros(len(lengths), longest, dtype=torch.long)  # (B, S)
+    for row, n in enumerate(lengths):
+        input_ids[row, :n] = sequences[row]
+        attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
@@ -190,9 +160,8 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: str | Sequence[str], ba
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             inputs = encode(tokenizer, [texts[i] for i in rows], max_length, truncation=truncation)
-            x, batch, _ = encoder.encode(inputs["input_ids"].to(device),
-                                         inputs["attention_mask"].to(device))
-            pooled = pool(x, batch, "mean").float()  # (b, H), real tokens only
+            encoded = encoder.encode(inputs["input_ids"].to(device), inputs["attention_mask"].to(device))
+            pooled = encoded.pool("mean").float()  # (b, H), real tokens only
             for i, vector in zip(rows, pooled):
                 vectors[i] = vector
     out = torch.stack(vectors)  # (N, H)

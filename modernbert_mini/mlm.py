@@ -24,20 +24,26 @@ and unpads them; without rows, the same thing is a flat budget of rows x 1,024 t
 - `PackedBatch`, `PackedLoader`: packed batches up to a token budget, shuffled per epoch, with a
   `state_dict` (epoch and position) so a run resumes exactly where it stopped;
 - `pad_fraction`: how much of a padded batch would be padding, for comparison;
+- `special_ids`, `masking_args`, `step_generator`: what masking needs in a training run;
+- `masked_loss_sum`, `validation_slice`, `evaluate`, `unigram_baseline`: the loss of a packed
+  batch, and how a run is scored on a fixed masked slice of the validation split.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer
 
+from . import runtime
+from .config import ModernBertConfig
 from .model import IGNORE_INDEX
+from .tokenizer import Sequences, to_sequences
 
 MASK_RATE = 0.3  # ModernBERT's; BERT used 0.15
+EVAL_SEED = 20_241_219  # the validation slice is masked the same way in every run
 MASK_SPLIT = (0.8, 0.1, 0.1)  # of the chosen tokens: [MASK], a random token, unchanged
 
 
@@ -88,64 +94,14 @@ def mask_tokens(input_ids: torch.Tensor, *, mask_id: int, vocab_size: int,
 
 
 # ----------------------------------------------------------------------------- the corpus
-@dataclass
-class Sequences:
-    """Tokenized sequences, stored as one flat tensor: sequence i is tokens[offsets[i]:offsets[i+1]]."""
-
-    tokens: torch.Tensor  # (total,) int32
-    offsets: torch.Tensor  # (n + 1,) int64
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
-
-    @property
-    def lengths(self) -> list[int]:
-        return self.offsets.diff().tolist()
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.offsets[-1])
-
-
-def _split_evenly(ids: list[int], room: int) -> list[list[int]]:
-    """Cut ids into the fewest nearly equal pieces of at most `room` each."""
-    pieces = max(1, math.ceil(len(ids) / room))
-    size, extra = divmod(len(ids), pieces)  # the first `extra` pieces get one more
-    out, start = [], 0
-    for i in range(pieces):
-        stop = start + size + (i < extra)
-        out.append(ids[start:stop])
-        start = stop
-    return out
-
-
 def tokenize_documents(texts: Sequence[str], tokenizer: Tokenizer, max_len: int) -> Sequences:
     """Tokenize documents into [CLS] ... [SEP] sequences of at most `max_len` tokens.
 
     A document whose tokens do not fit is cut into nearly equal chunks, each wrapped in
     [CLS] ... [SEP] of its own; every token of every (non-empty) document ends up in exactly one
-    sequence.
+    sequence (`tokenizer.to_sequences` with overflow="split").
     """
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    if cls_id is None or sep_id is None:
-        raise ValueError("the tokenizer has no [CLS] or [SEP] token")
-    if not (isinstance(max_len, int) and max_len >= 3):
-        raise ValueError(f"max_len={max_len!r} is invalid: must be an integer >= 3 "
-                         "([CLS], at least one token, [SEP])")
-    plain = Tokenizer.from_str(tokenizer.to_str())  # a copy without padding and truncation
-    plain.no_padding()
-    plain.no_truncation()
-    chunks = []
-    for encoding in plain.encode_batch(list(texts), add_special_tokens=False):
-        if encoding.ids:
-            chunks.extend([cls_id, *piece, sep_id] for piece in _split_evenly(encoding.ids, max_len - 2))
-    lengths = torch.tensor([len(c) for c in chunks], dtype=torch.long)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    tokens = torch.tensor([i for c in chunks for i in c], dtype=torch.int32)
-    return Sequences(tokens, offsets)
+    return to_sequences(tokenizer, texts, max_len, overflow="split")
 
 
 # ----------------------------------------------------------------------------- packing
@@ -267,3 +223,90 @@ def pad_fraction(seqlens: Sequence[int], pad_to: int | None = None) -> float:
     if width < max(seqlens):
         raise ValueError(f"pad_to={pad_to} is shorter than the longest sequence ({max(seqlens)})")
     return 1.0 - sum(seqlens) / (len(seqlens) * width)
+
+
+# ----------------------------------------------------------------------------- in a training run
+def special_ids(tokenizer: Tokenizer) -> list[int]:
+    """Every added special token ([UNK], [CLS], [SEP], [PAD], [MASK]): never masked."""
+    return sorted(tokenizer.token_to_id(t.content)
+                  for t in tokenizer.get_added_tokens_decoder().values() if t.special)
+
+
+def masking_args(tokenizer: Tokenizer, config: ModernBertConfig) -> dict:
+    """mask_tokens' keyword arguments for this tokenizer and model."""
+    return dict(mask_id=config.mask_token_id, vocab_size=config.vocab_size,
+                special_ids=special_ids(tokenizer))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator that masks step `step`: a function of (seed, step) only, so resumable."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def masked_loss_sum(model, inputs: torch.Tensor, labels: torch.Tensor, batch: PackedBatch,
+                    n_labels: int, device: torch.device):
+    """(sum of cross entropy over the masked tokens, logits) for one packed batch."""
+    out = model(inputs.to(device), labels=labels.to(device),
+                cu_seqlens=batch.cu_seqlens.to(device), max_seqlen=batch.max_seqlen)
+    if n_labels == 0:  # nothing masked here: a zero that still reaches every parameter
+        return out.logits.sum() * 0.0, out.logits
+    return out.loss * n_labels, out.logits  # the model's loss is the mean over its masked tokens
+
+
+def validation_slice(texts: Sequence[str], tokenizer: Tokenizer, config: ModernBertConfig, *,
+                     max_len: int, batch_tokens: int, eval_tokens: int,
+                     rate: float = MASK_RATE) -> list:
+    """The first `eval_tokens` tokens of `texts`, packed and masked once:
+    [(PackedBatch, inputs, labels)], the same for every run with these settings."""
+    args = masking_args(tokenizer, config)
+    loader = PackedLoader(tokenize_documents(texts, tokenizer, max_len), shuffle=False)
+    out, total = [], 0
+    for i, batch in enumerate(loader.batches(batch_tokens)):
+        if total >= eval_tokens:
+            break
+        inputs, labels = mask_tokens(batch.input_ids, **args, rate=rate,
+                                     generator=torch.Generator().manual_seed(EVAL_SEED + i))
+        out.append((batch, inputs, labels))
+        total += batch.num_tokens
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, eval_batches, device: torch.device) -> dict:
+    """Loss and accuracy of a ModernBertForMaskedLM over the chosen tokens of a validation slice.
+
+    `accuracy` counts every chosen token, including the 10% left unchanged, which a model can
+    simply copy; `mask_accuracy` counts only the tokens replaced by [MASK].
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count, mask_correct, mask_count = 0.0, 0, 0, 0, 0
+    for batch, inputs, labels in eval_batches:
+        chosen = labels != IGNORE_INDEX
+        n = int(chosen.sum())
+        with runtime.autocast(device):
+            total, logits = masked_loss_sum(model, inputs, labels, batch, n, device)
+        if not model.config.sparse_prediction:
+            logits = logits[chosen.to(device)]
+        hits = (logits.argmax(-1).cpu() == labels[chosen])  # (n,)
+        as_mask = inputs[chosen] == model.config.mask_token_id  # (n,)
+        loss_sum += float(total)
+        correct += int(hits.sum())
+        count += n
+        mask_correct += int(hits[as_mask].sum())
+        mask_count += int(as_mask.sum())
+    model.train(was_training)
+    return {"loss": loss_sum / count, "accuracy": correct / count,
+            "mask_accuracy": mask_correct / mask_count, "masked_tokens": count}
+
+
+def unigram_baseline(train_tokens: torch.Tensor, eval_batches, vocab_size: int,
+                     specials: list[int]) -> dict:
+    """Always predict the most frequent training token; and the unigram distribution's loss."""
+    counts = torch.bincount(train_tokens.long(), minlength=vocab_size).double()
+    counts[specials] = 0
+    top = int(counts.argmax())
+    log_p = ((counts + 1) / (counts + 1).sum()).log()  # add-one smoothing
+    targets = torch.cat([labels[labels != IGNORE_INDEX] for _, _, labels in eval_batches])
+    return {"token_id": top, "accuracy": float((targets == top).double().mean()),
+            "loss": float(-log_p[targets].mean())}  # the same on [MASK]ed tokens, in expectation

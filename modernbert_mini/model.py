@@ -62,6 +62,20 @@ class ModernBertOutput(_Output):
 
 
 @dataclass
+class Encoded:
+    """What the encoder gives a caller, in the input's own shape: (B, S, H) for (B, S) ids,
+    (T, H) for packed ids with cu_seqlens; and what pooling needs to find each sequence."""
+
+    last_hidden_state: torch.Tensor  # (B, S, H) or (T, H), after the final norm
+    hidden_states: tuple[torch.Tensor, ...] | None  # as ModernBertOutput's, when asked for
+    padding_mask: torch.Tensor | None  # (B, S) bool, True at real tokens; None: nothing padded
+    cu_seqlens: torch.Tensor | None  # (N + 1,) offsets of a packed input's sequences
+
+    def pool(self, how: str) -> torch.Tensor:  # -> (N, H)
+        return pool(self.last_hidden_state, how, self.padding_mask, self.cu_seqlens)
+
+
+@dataclass
 class MaskedLMOutput(_Output):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None  # (B, S, V) or (T, V); (N, V) for the N labelled positions with sparse_prediction
@@ -134,16 +148,17 @@ def validate_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
           "attention_mask must hold only 0 (padding) and 1 (token)")
 
 
-def layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-           cu_seqlens: torch.Tensor | None, max_seqlen: int | None,
-           config: ModernBertConfig) -> Batch:
-    """How this batch runs: padded when nothing is padded, else unpadded (chapter 6).
+def batch_for(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+              cu_seqlens: torch.Tensor | None, max_seqlen: int | None,
+              config: ModernBertConfig) -> Batch:
+    """The Batch this input runs as: padded when nothing is padded, else unpadded (chapter 6);
+    packed as the caller gave it when it comes with cu_seqlens.
 
     While torch.compile traces, a padded batch keeps its mask (unpadding has data-dependent
     shapes); everywhere else, padding is never computed.
     """
     if cu_seqlens is not None:
-        batch = Batch.packed(cu_seqlens, max_seqlen)
+        batch = Batch.packed(cu_seqlens, max_seqlen)  # input_packed: its outputs stay (T, ...)
         if batch.indices.shape[0] != input_ids.shape[0]:
             raise ValueError(f"cu_seqlens covers {batch.indices.shape[0]} tokens, but input_ids "
                              f"has {input_ids.shape[0]}: cu_seqlens[-1] must equal len(input_ids)")
@@ -284,16 +299,25 @@ class ModernBertModel(PreTrainedModel):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
-               position_ids: torch.Tensor | None = None, output_hidden_states: bool = False):
-        """The encoder in the batch's own layout: (x, batch, hidden_states).
+               position_ids: torch.Tensor | None = None, output_hidden_states: bool = False) -> Encoded:
+        """The encoder's output in the input's shape, with what pooling needs (`Encoded.pool`)."""
+        x, batch, hidden_states = self.run(input_ids, attention_mask, cu_seqlens, max_seqlen,
+                                           position_ids, output_hidden_states)
+        padded = batch.as_padded() if batch.is_unpadded and not batch.input_packed else batch
+        return Encoded(repad(x, batch), repad_all(hidden_states, batch), padded.padding_mask,
+                       batch.cu_seqlens if batch.input_packed else None)
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+            cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
+            position_ids: torch.Tensor | None = None, output_hidden_states: bool = False):
+        """The layers on the Batch the input runs as: (x, batch, hidden_states), for the heads.
 
         x is (B, S, H) for a batch without padding and (T, H) for an unpadded one; the heads
-        work on it before anything is padded back.
+        work on it before anything is padded back (`repad`).
         """
-        packed = cu_seqlens is not None
-        validate_inputs(input_ids, attention_mask, self.config, packed)
-        batch = layout(input_ids, attention_mask, cu_seqlens, max_seqlen, self.config)
-        unpadded = batch.is_unpadded and not packed
+        validate_inputs(input_ids, attention_mask, self.config, packed=cu_seqlens is not None)
+        batch = batch_for(input_ids, attention_mask, cu_seqlens, max_seqlen, self.config)
+        unpadded = batch.is_unpadded and not batch.input_packed
         if position_ids is not None:
             if _shape(position_ids) != tuple(input_ids.shape):
                 raise ValueError(f"position_ids has shape {_shape(position_ids)}, but input_ids "
@@ -317,10 +341,10 @@ class ModernBertModel(PreTrainedModel):
                 cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
                 position_ids: torch.Tensor | None = None, output_hidden_states: bool = False,
                 return_dict: bool = True) -> ModernBertOutput | tuple:
-        x, batch, hidden_states = self.encode(input_ids, attention_mask, cu_seqlens, max_seqlen,
-                                              position_ids, output_hidden_states)
-        out = ModernBertOutput(last_hidden_state=repad(x, batch, cu_seqlens),
-                               hidden_states=repad_all(hidden_states, batch, cu_seqlens))
+        encoded = self.encode(input_ids, attention_mask, cu_seqlens, max_seqlen, position_ids,
+                              output_hidden_states)
+        out = ModernBertOutput(last_hidden_state=encoded.last_hidden_state,
+                               hidden_states=encoded.hidden_states)
         return out if return_dict else out.to_tuple()
 
     def gradient_checkpointing_enable(self) -> None:
@@ -330,13 +354,13 @@ class ModernBertModel(PreTrainedModel):
         self.gradient_checkpointing = False
 
 
-def repad(x: torch.Tensor, batch: Batch, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
-    """(T, ...) -> (B, S, ...) for a batch the model unpadded itself; a packed batch stays flat."""
-    return pad(x, batch) if batch.is_unpadded and cu_seqlens is None else x
+def repad(x: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """(T, ...) -> (B, S, ...) for a batch the model unpadded itself; a packed input stays flat."""
+    return pad(x, batch) if batch.is_unpadded and not batch.input_packed else x
 
 
-def repad_all(states, batch: Batch, cu_seqlens: torch.Tensor | None):
-    return None if states is None else tuple(repad(h, batch, cu_seqlens) for h in states)
+def repad_all(states, batch: Batch):
+    return None if states is None else tuple(repad(h, batch) for h in states)
 
 
 def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor) -> None:
@@ -345,10 +369,9 @@ def check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor) -> None:
                          f"{tuple(input_ids.shape)}: they must be equal")
 
 
-def align_labels(labels: torch.Tensor | None, batch: Batch,
-                 cu_seqlens: torch.Tensor | None) -> torch.Tensor | None:
-    """Per-token labels in the layout the encoder ran in: (B, S) or, unpadded, (T,)."""
-    if labels is None or not batch.is_unpadded or cu_seqlens is not None:
+def align_labels(labels: torch.Tensor | None, batch: Batch) -> torch.Tensor | None:
+    """Per-token labels as the encoder ran: (B, S) or, for a batch it unpadded itself, (T,)."""
+    if labels is None or not batch.is_unpadded or batch.input_packed:
         return labels
     return unpad(labels, batch)
 
@@ -375,9 +398,9 @@ class ModernBertForMaskedLM(PreTrainedModel):
                 max_seqlen: int | None = None, position_ids: torch.Tensor | None = None,
                 output_hidden_states: bool = False, return_dict: bool = True) -> MaskedLMOutput | tuple:
         check_labels(labels, input_ids)  # before any work
-        x, batch, hidden_states = self.model.encode(input_ids, attention_mask, cu_seqlens,
-                                                    max_seqlen, position_ids, output_hidden_states)
-        labels = align_labels(labels, batch, cu_seqlens)  # (B, S) or (T,)
+        x, batch, hidden_states = self.model.run(input_ids, attention_mask, cu_seqlens,
+                                                 max_seqlen, position_ids, output_hidden_states)
+        labels = align_labels(labels, batch)  # (B, S) or (T,)
         sparse = self.config.sparse_prediction and labels is not None
         if sparse:  # only the positions that have a target go through the head: (N, H), (N,)
             labelled = labels != IGNORE_INDEX
@@ -387,28 +410,32 @@ class ModernBertForMaskedLM(PreTrainedModel):
         if labels is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1),
                                    ignore_index=IGNORE_INDEX)
-        out = MaskedLMOutput(loss=loss, logits=logits if sparse else repad(logits, batch, cu_seqlens),
-                             hidden_states=repad_all(hidden_states, batch, cu_seqlens))
+        out = MaskedLMOutput(loss=loss, logits=logits if sparse else repad(logits, batch),
+                             hidden_states=repad_all(hidden_states, batch))
         return out if return_dict else out.to_tuple()
 
 
-def pool(x: torch.Tensor, batch: Batch, how: str) -> torch.Tensor:
-    """(B, S, H) or (T, H) -> (N, H): each sequence's first real token ("cls") or mean ("mean").
+def pool(x: torch.Tensor, how: str, padding_mask: torch.Tensor | None = None,
+         cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, S, H) or, packed, (T, H) -> (N, H): each sequence's first real token ("cls") or the
+    mean over its real tokens ("mean").
 
-    The first *real* token: a left-padded row's [CLS] is not at position 0.
+    padding_mask (B, S) says which tokens of a padded x are real (None: all); cu_seqlens (N + 1,)
+    where each sequence of a packed x starts. The first *real* token: a left-padded row's [CLS]
+    is not at position 0.
     """
-    if batch.is_unpadded:
+    if cu_seqlens is not None:
+        starts = cu_seqlens[:-1].long()
         if how == "cls":
-            return x[batch.cu_seqlens[:-1].long()]
-        rows = batch.indices // batch.shape[1]  # (T,) the sequence of each token
-        lengths = batch.cu_seqlens.diff().to(x.dtype)[:, None]  # (N, 1)
-        return x.new_zeros(len(lengths), x.shape[-1]).index_add_(0, rows, x) / lengths
-    if batch.padding_mask is None:
+            return x[starts]
+        lengths = cu_seqlens.diff()  # (N,)
+        rows = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths)  # (T,)
+        return x.new_zeros(len(lengths), x.shape[-1]).index_add_(0, rows, x) / lengths.to(x.dtype)[:, None]
+    if padding_mask is None:
         return x[:, 0] if how == "cls" else x.mean(dim=1)
-    mask = batch.padding_mask  # (B, S), a padded batch keeps it only while torch.compile traces
     if how == "cls":
-        return x[torch.arange(len(x), device=x.device), mask.int().argmax(dim=1)]
-    weights = mask.to(x.dtype).unsqueeze(-1)  # (B, S, 1)
+        return x[torch.arange(len(x), device=x.device), padding_mask.int().argmax(dim=1)]
+    weights = padding_mask.to(x.dtype).unsqueeze(-1)  # (B, S, 1)
     return (x * weights).sum(dim=1) / weights.sum(dim=1)
 
 
@@ -417,10 +444,19 @@ class _Classifier(PreTrainedModel):
 
     encoder_prefix = "model."
 
-    def __init__(self, config: ModernBertConfig, num_labels: int = 2):
+    def __init__(self, config: ModernBertConfig, num_labels: int | None = None):
+        """num_labels comes from config.id2label when it names the labels (a num_labels that
+        disagrees is an error); else from here, 2 by default (transformers' LABEL_0, LABEL_1)."""
         super().__init__()
+        if num_labels is None:
+            num_labels = config.num_labels or 2
         if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
             raise ValueError(f"num_labels={num_labels!r} is invalid: must be a positive integer")
+        if config.id2label is not None and config.num_labels != num_labels:
+            raise ValueError(f"{type(self).__name__} has num_labels={num_labels}, but its config's "
+                             f"id2label names {config.num_labels} labels, "
+                             f"{list(config.id2label.values())}: pass id2label= with {num_labels} "
+                             "names, or id2label=None for the defaults LABEL_0, ...")
         self.config = config
         self.num_labels = num_labels
         self.model = ModernBertModel(config)
@@ -434,6 +470,10 @@ class _Classifier(PreTrainedModel):
         return self.classifier(self.drop(self.head(x)))
 
     def hf_config_extras(self) -> dict:
+        """transformers' default names, LABEL_0 ..., when the config names no labels (when it does,
+        its own to_hf_dict writes them): config.json always says what the classifier's rows are."""
+        if self.config.id2label is not None:
+            return {}
         labels = {i: f"LABEL_{i}" for i in range(self.num_labels)}
         return {"id2label": {str(i): name for i, name in labels.items()},
                 "label2id": {name: i for i, name in labels.items()}}
@@ -459,12 +499,11 @@ class ModernBertForSequenceClassification(_Classifier):
                 max_seqlen: int | None = None, position_ids: torch.Tensor | None = None,
                 output_hidden_states: bool = False,
                 return_dict: bool = True) -> SequenceClassifierOutput | tuple:
-        x, batch, hidden_states = self.model.encode(input_ids, attention_mask, cu_seqlens,
-                                                    max_seqlen, position_ids, output_hidden_states)
-        logits = self.classify(pool(x, batch, self.config.classifier_pooling))  # (N, num_labels)
+        encoded = self.model.encode(input_ids, attention_mask, cu_seqlens, max_seqlen,
+                                    position_ids, output_hidden_states)
+        logits = self.classify(encoded.pool(self.config.classifier_pooling))  # (N, num_labels)
         loss = None if labels is None else classification_loss(logits, labels, self.config.problem_type)
-        out = SequenceClassifierOutput(loss=loss, logits=logits,
-                                       hidden_states=repad_all(hidden_states, batch, cu_seqlens))
+        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
         return out if return_dict else out.to_tuple()
 
 
@@ -480,16 +519,16 @@ class ModernBertForTokenClassification(_Classifier):
                 output_hidden_states: bool = False,
                 return_dict: bool = True) -> TokenClassifierOutput | tuple:
         check_labels(labels, input_ids)  # before any work
-        x, batch, hidden_states = self.model.encode(input_ids, attention_mask, cu_seqlens,
-                                                    max_seqlen, position_ids, output_hidden_states)
+        x, batch, hidden_states = self.model.run(input_ids, attention_mask, cu_seqlens,
+                                                 max_seqlen, position_ids, output_hidden_states)
         logits = self.classify(x)  # (B, S, num_labels) or (T, num_labels)
-        labels = align_labels(labels, batch, cu_seqlens)
+        labels = align_labels(labels, batch)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().view(-1, self.num_labels), labels.reshape(-1),
                                    ignore_index=IGNORE_INDEX)
-        out = TokenClassifierOutput(loss=loss, logits=repad(logits, batch, cu_seqlens),
-                                    hidden_states=repad_all(hidden_states, batch, cu_seqlens))
+        out = TokenClassifierOutput(loss=loss, logits=repad(logits, batch),
+                                    hidden_states=repad_all(hidden_states, batch))
         return out if return_dict else out.to_tuple()
 
 

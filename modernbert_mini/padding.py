@@ -15,7 +15,8 @@ One `Batch` describes a batch as the layers see it, built once per forward:
 - padded: x is (B, S, H); `padding_mask` (B, S) says which tokens are real (None: all are);
 - unpadded: x is (T, H); `cu_seqlens` (N + 1,) are the offsets of the N sequences, `indices`
   (T,) where each token sits in the flattened (B * S) padded grid, `positions` (T,) its position
-  in its row. A packed pretraining batch (documents back to back) arrives unpadded already.
+  in its row. A packed pretraining batch (documents back to back) arrives unpadded already
+  (`input_packed`: its outputs stay (T, ...); a batch the model unpadded itself is padded back).
 
 The batch also holds what every layer would otherwise recompute: RoPE's cos and sin for each
 theta, and whatever a backend caches (a dense mask, once per window). The host-side lengths are
@@ -41,6 +42,7 @@ class Batch:
     seqlens: tuple[int, ...] | None = None  # the N lengths, on the host (unpadded)
     indices: torch.Tensor | None = None  # (T,) each token's place in the flattened (B * S) grid
     shape: tuple[int, int] | None = None  # (B, S) of that padded grid (unpadded)
+    input_packed: bool = False  # the caller packed the input, (T,) with cu_seqlens: outputs stay (T, ...)
     cache: dict = field(default_factory=dict, repr=False)  # per-forward values, see `cached`
 
     # ------------------------------------------------------------------ making one
@@ -105,7 +107,9 @@ class Batch:
         rows = torch.repeat_interleave(torch.arange(len(seqlens), device=cu_seqlens.device), lengths)
         starts = cu_seqlens[:-1].long()[rows]  # (T,) where each token's document starts
         within = torch.arange(offsets[-1], device=cu_seqlens.device) - starts  # (T,)
-        return cls._unpadded(rows * longest + within, lengths, seqlens, (len(seqlens), longest))
+        batch = cls._unpadded(rows * longest + within, lengths, seqlens, (len(seqlens), longest))
+        batch.input_packed = True
+        return batch
 
     @classmethod
     def _unpadded(cls, indices, lengths, seqlens, shape) -> Batch:

@@ -135,3 +135,10 @@ def detect() -> Runtime:
 def summary() -> str:
     """The one-line summary each notebook prints first."""
     return detect().summary()
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on a CUDA GPU with native bf16 (capability >= 8.0); everywhere else fp32,
+    an autocast that is off. The training loops and fine-tuning run their forward under it."""
+    on = device.type == "cuda" and detect().bf16
+    return torch.autocast("cuda" if on else "cpu", dtype=torch.bfloat16, enabled=on)

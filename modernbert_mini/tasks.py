@@ -158,7 +158,7 @@ def _train_test(functions: list[Function], *keys) -> tuple[list[Function], list[
     return train, test
 
 
-def _sample(functions: list[Function], cap: int) -> list[Function]:
+def fixed_sample(functions: list[Function], cap: int) -> list[Function]:
     """At most `cap` functions, a fixed pseudo-random choice (stable hash order), in input order."""
     chosen = set(sorted(functions, key=lambda f: data.stable_hash(f"{f.path}:{f.name}"))[:cap])
     return [f for f in functions if f in chosen]
@@ -205,7 +205,7 @@ def package_classification(*, cache_dir=None, root=None) -> ClassificationTask:
     def examples(split: str, cap: int) -> tuple[LabelledText, ...]:
         return tuple(LabelledText(f.source, label, f.path, f.name)
                      for label, package in enumerate(labels)
-                     for f in _sample(by_class[split][package], cap))
+                     for f in fixed_sample(by_class[split][package], cap))
 
     return ClassificationTask(labels, examples("train", MAX_TRAIN_PER_CLASS),
                               examples("test", MAX_TEST_PER_CLASS))

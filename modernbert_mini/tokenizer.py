@@ -19,6 +19,9 @@ This module holds, in the order chapter 1 builds them:
 3. `modernbert_tokenizer`: ModernBERT's own tokenizer, rebuilt offline from OLMo's tokenizer
    file, which ships with the package (assets/olmo/, Apache-2.0).
 4. `train_wordpiece` and `tokens_per_char`: BERT's WordPiece on the same data, to compare.
+5. `to_sequences`: the one way from texts to token ids, as `Sequences` (one flat tensor and its
+   offsets), each text [CLS] ... [SEP] and split or cut at max_len; pretraining, fine-tuning,
+   inference and counting all go through it, and it never changes the caller's tokenizer.
 
 Our special tokens come first, so their ids are fixed and small: [UNK]=0 [CLS]=1 [SEP]=2
 [PAD]=3 [MASK]=4 (the mini configs use these). ModernBERT's tokenizer keeps OLMo's 50,280 ids and
@@ -33,9 +36,11 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers import processors, trainers
 
@@ -355,13 +360,10 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8192) -> Tokenizer:
 
 def count_tokens(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int = 64) -> int:
     """How many tokens `texts` become, special tokens and padding left out."""
-    counter = Tokenizer.from_str(tokenizer.to_str())  # a copy we may change
-    counter.no_padding()
-    counter.no_truncation()
     total = 0
     texts = iter(texts)
     while batch := list(itertools.islice(texts, batch_size)):
-        total += sum(len(e.ids) for e in counter.encode_batch(batch, add_special_tokens=False))
+        total += to_sequences(tokenizer, batch, special_tokens=False).num_tokens
     return total
 
 
@@ -372,3 +374,104 @@ def tokens_per_char(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
     if chars == 0:
         raise ValueError("texts is empty: no characters to count")
     return count_tokens(tokenizer, texts) / chars
+
+
+# ----------------------------------------------------------------------------- texts -> tensors
+Text = str | tuple[str, str]  # one text, or a pair (GLUE's sentence1, sentence2)
+OVERFLOW = ("error", "truncate", "split")  # what to_sequences does with a text over max_len
+
+
+@dataclass
+class Sequences:
+    """Tokenized sequences, stored as one flat tensor: sequence i is tokens[offsets[i]:offsets[i+1]]."""
+
+    tokens: torch.Tensor  # (total,) int32
+    offsets: torch.Tensor  # (n + 1,) int64
+
+    @classmethod
+    def of(cls, sequences: Sequence[Sequence[int]]) -> Sequences:
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        return cls(torch.tensor([i for s in sequences for i in s], dtype=torch.int32), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.offsets.diff().tolist()
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+
+def _split_evenly(ids: list[int], room: int) -> list[list[int]]:
+    """Cut ids into the fewest nearly equal pieces of at most `room` each."""
+    pieces = max(1, math.ceil(len(ids) / room))
+    size, extra = divmod(len(ids), pieces)  # the first `extra` pieces get one more
+    out, start = [], 0
+    for i in range(pieces):
+        stop = start + size + (i < extra)
+        out.append(ids[start:stop])
+        start = stop
+    return out
+
+
+def to_sequences(tokenizer: Tokenizer, texts: Sequence[Text], max_len: int | None = None, *,
+                 overflow: str = "error", special_tokens: bool = True) -> Sequences:
+    """Texts (or pairs) as token ids, each [CLS] text [SEP] as the tokenizer's template makes it.
+
+    A text of more than `max_len` tokens (special tokens included) is, by `overflow`:
+    - "error": a ValueError that names it (silently cut text gives answers about text nobody wrote);
+    - "truncate": cut at the end, keeping the special tokens (a pair: the longer text first); one
+      sequence per text, as a classifier reads it;
+    - "split": cut into the fewest nearly equal chunks, each its own [CLS] ... [SEP], so every token
+      is in exactly one sequence (pretraining documents); an empty text gives no sequence.
+    special_tokens=False: the bare ids (no [CLS] or [SEP]), as counting wants them.
+    The tokenizer is read through a copy: its own padding and truncation settings stay as they are.
+    """
+    if overflow not in OVERFLOW:
+        raise ValueError(f"overflow={overflow!r} is invalid: choose one of {OVERFLOW}")
+    if max_len is not None and (not isinstance(max_len, int) or isinstance(max_len, bool)
+                                or max_len < 1):
+        raise ValueError(f"max_len={max_len!r} is invalid: must be None or a positive integer")
+    plain = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's settings stay as they were
+    plain.no_padding()
+    plain.no_truncation()
+    if overflow == "split":
+        return _split_documents(plain, texts, max_len)
+    if overflow == "truncate" and max_len is not None:
+        processor = plain.post_processor
+        special = processor.num_special_tokens_to_add(False) if processor and special_tokens else 0
+        if max_len <= special:
+            raise ValueError(f"max_len={max_len} leaves no room for text next to the "
+                             f"{special} special tokens")
+        plain.enable_truncation(max_len)
+    encodings = plain.encode_batch(list(texts), add_special_tokens=special_tokens)
+    too_long = [i for i, e in enumerate(encodings) if max_len is not None and len(e.ids) > max_len]
+    if too_long:
+        i = too_long[0]
+        raise ValueError(f"texts[{i}] is {len(encodings[i].ids)} tokens long, more than "
+                         f"max_length={max_len} ({len(too_long)} of {len(texts)} texts are): "
+                         "cut them (encode's truncation=True, to_sequences' overflow='truncate') "
+                         "or allow more")
+    return Sequences.of([e.ids for e in encodings])
+
+
+def _split_documents(plain: Tokenizer, texts: Sequence[str], max_len: int | None) -> Sequences:
+    """Every document as [CLS] ... [SEP] chunks of at most max_len tokens (to_sequences' "split")."""
+    cls_id, sep_id = plain.token_to_id("[CLS]"), plain.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise ValueError("the tokenizer has no [CLS] or [SEP] token")
+    if not (isinstance(max_len, int) and max_len >= 3):
+        raise ValueError(f"max_len={max_len!r} is invalid: must be an integer >= 3 "
+                         "([CLS], at least one token, [SEP])")
+    chunks = []
+    for encoding in plain.encode_batch(list(texts), add_special_tokens=False):
+        if encoding.ids:
+            chunks.extend([cls_id, *piece, sep_id] for piece in _split_evenly(encoding.ids, max_len - 2))
+    return Sequences.of(chunks)

@@ -12,12 +12,13 @@ One step, as ModernBERT trains:
   4. backward, gradient-norm clipping, StableAdamW, the warmup-stable-decay learning rate.
 
 Every `eval_every` steps: the loss and accuracy on a fixed, masked slice of the validation
-split. Every `save_every` steps: a checkpoint directory, `checkpoint-<step>/`, holding the
-weights as transformers writes them (`save_pretrained`: config.json + model.safetensors) and
-`training_state.pt`: optimizer, scheduler, data position, RNG and the history so far, saved
-with torch.save as tensors and plain containers, so that it loads with weights_only=True (no
-code runs on load). Resuming from it gives the same losses, bit for bit, as a run that never
-stopped: the data order is a function of (seed, epoch), the masking of (seed, step).
+split (`mlm.evaluate`). Every `save_every` steps: a checkpoint directory, `checkpoint-<step>/`,
+holding the weights as transformers writes them (`save_pretrained`: config.json +
+model.safetensors) and `training_state.pt`: optimizer, scheduler, data position, RNG and the
+history so far, saved as tensors and plain containers, so that it loads with weights_only=True
+(no code runs on load; `loop.save_state`). Resuming from it gives the same losses, bit for bit,
+as a run that never stopped: the data order is a function of (seed, epoch), the masking of
+(seed, step).
 
 Data parallel: every rank builds the same global batch and trains on its own share of the
 sequences; the loss is the sum over a rank's masked tokens divided by the masked tokens of the
@@ -32,12 +33,8 @@ transformers as it is (AutoModelForMaskedLM, AutoTokenizer, pipeline("fill-mask"
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,20 +43,20 @@ import torch
 import torch.distributed as dist
 from tokenizers import Tokenizer
 
-from . import runtime
+from . import cli, loop, runtime
 from .config import ModernBertConfig
 from .data import corpus_texts, corpus_tokenizer
-from .hub import load_hf_state_dict, read_state_dict
 from .inference import fill_mask
-from .mlm import MASK_RATE, PackedBatch, PackedLoader, mask_tokens, tokenize_documents
+from .loop import Dist, shard
+from .mlm import (MASK_RATE, PackedBatch, PackedLoader, evaluate, mask_tokens, masked_loss_sum,
+                  masking_args, special_ids, step_generator, tokenize_documents, unigram_baseline,
+                  validation_slice)
 from .model import IGNORE_INDEX, ModernBertForMaskedLM
-from .optim import StableAdamW, batch_size_schedule, lr_scheduler, param_groups
+from .optim import batch_size_schedule
 from .tokenizer import load_tokenizer, save_tokenizer
 
-STATE_FILE = "training_state.pt"
 LOG_FILE = "log.json"
 PLOT_FILE = "loss_curve.png"
-EVAL_SEED = 20_241_219  # the validation slice is masked the same way in every run
 FILL_MASK_PROMPTS = (
     "import [MASK]",
     "def __init__(self, [MASK]):",
@@ -131,58 +128,6 @@ class TrainConfig:
                              f"between 1 and max_steps={self.max_steps}")
 
 
-# ----------------------------------------------------------------------------- distribution
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            value = value.clone()
-            dist.all_reduce(value)
-        return value
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def setup_distributed() -> Dist:
-    """One process (no torchrun), or this rank of a torchrun job: gloo on CPU, nccl on a GPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world == 1:
-        return Dist(0, 1, device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(dist.get_rank(), world, device)
-
-
-def shard(batch: PackedBatch, rank: int, world: int) -> tuple[int, int]:
-    """This rank's share of a global batch: sequences [start, stop), about T / world tokens."""
-    n = batch.num_sequences
-    if n < world:
-        raise ValueError(f"a batch of {n} sequences cannot be shared by {world} ranks: "
-                         "raise batch_tokens (or lower max_len)")
-    starts = batch.cu_seqlens[:-1].double()
-    bounds = [0]
-    for r in range(1, world):
-        cut = int(torch.searchsorted(starts, r * batch.num_tokens / world))
-        bounds.append(min(max(cut, bounds[-1] + 1), n - (world - r)))
-    bounds.append(n)
-    return bounds[rank], bounds[rank + 1]
-
-
 # ----------------------------------------------------------------------------- pieces
 def build_model_config(cfg: TrainConfig, tokenizer: Tokenizer) -> ModernBertConfig:
     ids = {f"{name}_token_id": tokenizer.token_to_id(f"[{name.upper()}]")
@@ -196,36 +141,16 @@ def build_model_config(cfg: TrainConfig, tokenizer: Tokenizer) -> ModernBertConf
     return config
 
 
-def special_ids(tokenizer: Tokenizer) -> list[int]:
-    """Every added special token ([UNK], [CLS], [SEP], [PAD], [MASK]): never masked."""
-    return sorted(tokenizer.token_to_id(t.content)
-                  for t in tokenizer.get_added_tokens_decoder().values() if t.special)
+def validation_batches(cfg: TrainConfig, tokenizer: Tokenizer, config: ModernBertConfig) -> list:
+    """The run's fixed validation slice: the first cfg.eval_tokens tokens of the validation
+    split, packed and masked once (`mlm.validation_slice`)."""
+    return validation_slice(corpus_texts("validation")[:cfg.val_docs], tokenizer, config,
+                            max_len=cfg.max_len, batch_tokens=cfg.batch_tokens,
+                            eval_tokens=cfg.eval_tokens, rate=cfg.mask_rate)
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator that masks step `step`: a function of (seed, step) only, so resumable."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on a CUDA GPU with native bf16 (capability >= 8.0); fp32 everywhere else."""
-    if device.type == "cuda" and runtime.detect().bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def masked_loss_sum(model, inputs: torch.Tensor, labels: torch.Tensor, batch: PackedBatch,
-                    n_labels: int, device: torch.device):
-    """(sum of cross entropy over the masked tokens, logits) for one packed batch."""
-    out = model(inputs.to(device), labels=labels.to(device),
-                cu_seqlens=batch.cu_seqlens.to(device), max_seqlen=batch.max_seqlen)
-    if n_labels == 0:  # nothing masked here: a zero that still reaches every parameter
-        return out.logits.sum() * 0.0, out.logits
-    return out.loss * n_labels, out.logits  # the model's loss is the mean over its masked tokens
-
-
-def train_step(model, optimizer, batch: PackedBatch, inputs: torch.Tensor, labels: torch.Tensor,
-               d: Dist, grad_clip: float) -> tuple[float, torch.Tensor | None]:
+def train_step(model, optimizer, scheduler, batch: PackedBatch, inputs: torch.Tensor,
+               labels: torch.Tensor, d: Dist, grad_clip: float) -> tuple[float, torch.Tensor | None]:
     """One update on this rank's share of the global batch; returns (global loss, grad norm).
 
     The loss a rank backpropagates is its sum over masked tokens / all masked tokens of the
@@ -237,104 +162,17 @@ def train_step(model, optimizer, batch: PackedBatch, inputs: torch.Tensor, label
     my_labels = labels[lo:hi]
     n_mine = int((my_labels != IGNORE_INDEX).sum())
     n_global = max(int((labels != IGNORE_INDEX).sum()), 1)
-    with autocast(d.device):
+    with runtime.autocast(d.device):
         loss_sum, _ = masked_loss_sum(model, inputs[lo:hi], my_labels, batch.select(first, stop),
                                       n_mine, d.device)
-    (loss_sum * (d.world / n_global)).backward()
-    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                 if grad_clip > 0 else None)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = loop.step(model, optimizer, scheduler, loss_sum * (d.world / n_global), grad_clip)
     return float(d.all_sum(loss_sum.detach())) / n_global, grad_norm
-
-
-@torch.no_grad()
-def evaluate(model: ModernBertForMaskedLM, eval_batches, device: torch.device) -> dict:
-    """Loss and accuracy over the chosen tokens of the fixed validation slice.
-
-    `accuracy` counts every chosen token, including the 10% left unchanged, which a model can
-    simply copy; `mask_accuracy` counts only the tokens replaced by [MASK].
-    """
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, count, mask_correct, mask_count = 0.0, 0, 0, 0, 0
-    for batch, inputs, labels in eval_batches:
-        chosen = labels != IGNORE_INDEX
-        n = int(chosen.sum())
-        with autocast(device):
-            total, logits = masked_loss_sum(model, inputs, labels, batch, n, device)
-        if not model.config.sparse_prediction:
-            logits = logits[chosen.to(device)]
-        hits = (logits.argmax(-1).cpu() == labels[chosen])  # (n,)
-        as_mask = inputs[chosen] == model.config.mask_token_id  # (n,)
-        loss_sum += float(total)
-        correct += int(hits.sum())
-        count += n
-        mask_correct += int(hits[as_mask].sum())
-        mask_count += int(as_mask.sum())
-    model.train(was_training)
-    return {"loss": loss_sum / count, "accuracy": correct / count,
-            "mask_accuracy": mask_correct / mask_count, "masked_tokens": count}
-
-
-def masking_args(tokenizer: Tokenizer, config: ModernBertConfig) -> dict:
-    """mask_tokens' keyword arguments for this tokenizer and model."""
-    return dict(mask_id=config.mask_token_id, vocab_size=config.vocab_size,
-                special_ids=special_ids(tokenizer))
-
-
-def validation_slice(cfg: TrainConfig, tokenizer: Tokenizer, config: ModernBertConfig) -> list:
-    """The first `eval_tokens` tokens of the validation split, packed and masked once:
-    [(PackedBatch, inputs, labels)], the same for every run with these settings."""
-    sequences = tokenize_documents(corpus_texts("validation")[:cfg.val_docs], tokenizer, cfg.max_len)
-    mask_args = masking_args(tokenizer, config)
-    loader = PackedLoader(sequences, shuffle=False)
-    out, total = [], 0
-    for i, batch in enumerate(loader.batches(cfg.batch_tokens)):
-        if total >= cfg.eval_tokens:
-            break
-        inputs, labels = mask_tokens(batch.input_ids, **mask_args, rate=cfg.mask_rate,
-                                     generator=torch.Generator().manual_seed(EVAL_SEED + i))
-        out.append((batch, inputs, labels))
-        total += batch.num_tokens
-    return out
-
-
-def unigram_baseline(train_tokens: torch.Tensor, eval_batches, vocab_size: int,
-                     specials: list[int]) -> dict:
-    """Always predict the most frequent training token; and the unigram distribution's loss."""
-    counts = torch.bincount(train_tokens.long(), minlength=vocab_size).double()
-    counts[specials] = 0
-    top = int(counts.argmax())
-    log_p = ((counts + 1) / (counts + 1).sum()).log()  # add-one smoothing
-    targets = torch.cat([labels[labels != IGNORE_INDEX] for _, _, labels in eval_batches])
-    return {"token_id": top, "accuracy": float((targets == top).double().mean()),
-            "loss": float(-log_p[targets].mean())}  # the same on [MASK]ed tokens, in expectation
-
-
-def checkpoints(out_dir: Path) -> list[Path]:
-    """checkpoint-<step> directories of out_dir, oldest first."""
-    found = [p for p in out_dir.glob("checkpoint-*") if (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def guesses(model, tokenizer: Tokenizer, prompt: str, top_k: int = 3) -> list:
     """fill_mask's top guesses as (token, probability) pairs, for log.json."""
     return [[(p.token, round(p.probability, 4)) for p in row]
             for row in fill_mask(model, tokenizer, prompt, top_k)]
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def plot_losses(history: dict, baseline: dict | None, path: Path) -> None:
@@ -360,109 +198,79 @@ def plot_losses(history: dict, baseline: dict | None, path: Path) -> None:
 # ----------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> dict:
     """Pretrain as `cfg` says; returns the log (also written to out_dir/log.json)."""
-    d = setup_distributed()
+    from tqdm.auto import tqdm
+
+    d = loop.setup_distributed()
     out_dir = Path(cfg.out_dir)
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else corpus_tokenizer()
     config = build_model_config(cfg, tokenizer)
-    specials = special_ids(tokenizer)
     mask_args = masking_args(tokenizer, config)
-
-    train_texts = corpus_texts("train")[:cfg.max_docs]
-    train_seqs = tokenize_documents(train_texts, tokenizer, cfg.max_len)
-    eval_batches = validation_slice(cfg, tokenizer, config)
+    train_seqs = tokenize_documents(corpus_texts("train")[:cfg.max_docs], tokenizer, cfg.max_len)
+    eval_batches = validation_batches(cfg, tokenizer, config)
     loader = PackedLoader(train_seqs, seed=cfg.seed)
 
     model = ModernBertForMaskedLM(config).to(d.device)
-    optimizer = StableAdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                            eps=cfg.eps)
-    scheduler = lr_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=cfg.decay_steps,
-                             total_steps=cfg.max_steps, min_ratio=cfg.min_lr_ratio)
-    step, tokens_seen, train_seconds = 0, 0, 0.0
-    history = {"train": [], "eval": []}
+    optimizer, scheduler = loop.build_optimizer(
+        model, cfg, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+        decay_steps=cfg.decay_steps, min_ratio=cfg.min_lr_ratio)
+    parts = {"optimizer": optimizer, "scheduler": scheduler, "loader": loader}
+    state = {"step": 0, "tokens_seen": 0, "train_seconds": 0.0, "history": {"train": [], "eval": []}}
     log = {"train_config": dataclasses.asdict(cfg), "model_config": config.to_hf_dict(),
            "world_size": d.world, "device": runtime.detect().summary(),
            "parameters": sum(p.numel() for p in model.parameters()),
            "train_tokens": train_seqs.num_tokens, "train_sequences": len(train_seqs),
            "eval_tokens": sum(b.num_tokens for b, _, _ in eval_batches)}
-
-    saved = checkpoints(out_dir) if cfg.resume else []
+    saved = loop.checkpoints(out_dir) if cfg.resume else []
     if saved:
-        ckpt = saved[-1]
-        load_hf_state_dict(model, read_state_dict(ckpt))
-        state = torch.load(ckpt / STATE_FILE, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-        step, tokens_seen, train_seconds = state["step"], state["tokens_seen"], state["train_seconds"]
-        history = state["history"]
-        log["fill_mask_before"] = state["fill_mask_before"]
-        set_rng_state(torch.load(ckpt / f"rng-rank{d.rank}.pt", weights_only=True))
-        log["resumed_from"] = str(ckpt)
+        state = loop.load_state(saved[-1], d, model, parts)
+        log["resumed_from"] = str(saved[-1])
     else:
-        if d.main:  # a fresh run: checkpoints of an earlier run in out_dir would mix with ours
-            for old in checkpoints(out_dir):
-                shutil.rmtree(old)
-        log["fill_mask_before"] = {p: guesses(model, tokenizer, p) for p in FILL_MASK_PROMPTS}
+        loop.remove_checkpoints(out_dir, d)  # an earlier run's checkpoints would mix with ours
+        state["fill_mask_before"] = {p: guesses(model, tokenizer, p) for p in FILL_MASK_PROMPTS}
         if d.main:
-            history["eval"].append({"step": 0, **evaluate(model, eval_batches, d.device)})
-    baseline = unigram_baseline(train_seqs.tokens, eval_batches, config.vocab_size, specials)
-    log["unigram_baseline"] = baseline
-
-    ddp = (torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-        if d.world > 1 else model)
+            state["history"]["eval"].append({"step": 0, **evaluate(model, eval_batches, d.device)})
+    history, log["fill_mask_before"] = state["history"], state["fill_mask_before"]
+    log["unigram_baseline"] = baseline = unigram_baseline(
+        train_seqs.tokens, eval_batches, config.vocab_size, special_ids(tokenizer))
+    ddp = loop.distribute(model, d)
     model.train()
 
-    def save(at_step: int) -> None:
-        ckpt = out_dir / f"checkpoint-{at_step}"
-        if d.main:
-            model.save_pretrained(ckpt)
-            torch.save({"step": at_step, "tokens_seen": tokens_seen, "train_seconds": train_seconds,
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "loader": loader.state_dict(), "history": history,
-                        "fill_mask_before": log["fill_mask_before"]}, ckpt / STATE_FILE)
-        d.barrier()  # the directory exists before the other ranks write into it
-        torch.save(rng_state(), ckpt / f"rng-rank{d.rank}.pt")
-        d.barrier()
-        if d.main:
-            for old in checkpoints(out_dir)[:-cfg.keep_checkpoints]:
-                shutil.rmtree(old)
-
-    from tqdm.auto import tqdm
-
     last = cfg.max_steps if cfg.stop_after is None else cfg.stop_after
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (d.main and cfg.progress),
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not (d.main and cfg.progress),
                desc="pretraining", unit="step", dynamic_ncols=True)
-    while step < last:
-        started = time.perf_counter()
+    while state["step"] < last:
+        step, started = state["step"], time.perf_counter()
         budget = cfg.batch_tokens if cfg.batch_warmup_start is None else batch_size_schedule(
-            tokens_seen, start=cfg.batch_warmup_start, end=cfg.batch_tokens,
+            state["tokens_seen"], start=cfg.batch_warmup_start, end=cfg.batch_tokens,
             warmup_tokens=cfg.batch_warmup_tokens)
         batch = loader.next_batch(budget)  # the global batch, the same on every rank
         inputs, labels = mask_tokens(batch.input_ids, **mask_args, rate=cfg.mask_rate,
                                      generator=step_generator(cfg.seed, step))
         lr = optimizer.param_groups[0]["lr"]
-        loss, grad_norm = train_step(ddp, optimizer, batch, inputs, labels, d, cfg.grad_clip)
-        scheduler.step()
-        step += 1
-        tokens_seen += batch.num_tokens
-        train_seconds += time.perf_counter() - started
+        loss, grad_norm = train_step(ddp, optimizer, scheduler, batch, inputs, labels, d,
+                                     cfg.grad_clip)
+        state["step"] = step = step + 1
+        state["tokens_seen"] += batch.num_tokens
+        state["train_seconds"] += time.perf_counter() - started
         history["train"].append({"step": step, "loss": loss, "lr": lr, "tokens": batch.num_tokens,
                                  "grad_norm": None if grad_norm is None else float(grad_norm)})
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_seen / max(train_seconds, 1e-9):.0f}")
+        bar.set_postfix(loss=f"{loss:.3f}",
+                        tok_s=f"{state['tokens_seen'] / max(state['train_seconds'], 1e-9):.0f}")
         if d.main and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             history["eval"].append({"step": step, **evaluate(model, eval_batches, d.device)})
             bar.write(f"step {step}: validation loss {history['eval'][-1]['loss']:.4f}")
         if step % cfg.save_every == 0 or step == last:
-            save(step)
+            loop.save_state(out_dir / f"checkpoint-{step}", d, model, parts, state)
+            loop.remove_checkpoints(out_dir, d, keep=cfg.keep_checkpoints)
     bar.close()
 
-    log.update(history=history, steps=step, tokens_seen=tokens_seen, train_seconds=train_seconds,
-               tokens_per_second=tokens_seen / max(train_seconds, 1e-9))
-    log["params_max_diff_across_ranks"] = _param_spread(model, d)
-    if step == cfg.max_steps and d.main:
+    log.update(history=history, steps=state["step"], tokens_seen=state["tokens_seen"],
+               train_seconds=state["train_seconds"],
+               tokens_per_second=state["tokens_seen"] / max(state["train_seconds"], 1e-9),
+               params_max_diff_across_ranks=loop.param_spread(model, d))
+    if state["step"] == cfg.max_steps and d.main:
         log["final_eval"] = history["eval"][-1]
         log["fill_mask_after"] = {p: guesses(model, tokenizer, p) for p in FILL_MASK_PROMPTS}
         model.save_pretrained(out_dir)
@@ -474,101 +282,21 @@ def train(cfg: TrainConfig) -> dict:
     return log
 
 
-def _param_spread(model: torch.nn.Module, d: Dist) -> float:
-    """The largest difference between this rank's parameters and rank 0's (0.0 when in sync)."""
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    if d.world == 1:
-        return 0.0
-    reference = flat.clone()
-    dist.broadcast(reference, src=0)
-    spread = (flat - reference).abs().max()
-    dist.all_reduce(spread, op=dist.ReduceOp.MAX)
-    return float(spread)
-
-
-# ----------------------------------------------------------------------------- the small checkpoint
-PRETRAINED_DIR = Path(__file__).parent / "assets" / "mini"  # `make mini-checkpoint` writes it
-EXPORTED_LOG = ("train_config", "parameters", "train_tokens", "eval_tokens", "device", "steps",
-                "tokens_seen", "train_seconds", "tokens_per_second", "unigram_baseline",
-                "fill_mask_before", "fill_mask_after", "history")
-
-
-def validate(directory: str | Path) -> dict:
-    """A checkpoint's validation loss and accuracy, recomputed on the slice its run was scored on
-    (the settings in its log.json), in float32 on the CPU."""
-    directory = Path(directory)
-    cfg = TrainConfig(**json.loads((directory / LOG_FILE).read_text())["train_config"])
-    tokenizer = load_tokenizer(directory)
-    model = ModernBertForMaskedLM.from_pretrained(directory)
-    return evaluate(model, validation_slice(cfg, tokenizer, model.config), torch.device("cpu"))
-
-
-def export(run_dir: str | Path, dest: str | Path = PRETRAINED_DIR,
-           dtype: torch.dtype = torch.float16) -> dict:
-    """A finished run as the small checkpoint that chapters 10 and 11 load (`load_pretrained`).
-
-    The weights are cast to `dtype` (float16 halves the file: 11 MB for the mini model), and
-    the validation figures in the new log.json are recomputed on the cast weights, so that a
-    test can check the file against its log. Returns that log.
-    """
-    run_dir, dest = Path(run_dir), Path(dest)
-    log = json.loads((run_dir / LOG_FILE).read_text())
-    if "final_eval" not in log:
-        raise ValueError(f"{run_dir} holds an unfinished run (no final_eval in {LOG_FILE}): "
-                         "finish it first (PRETRAIN_ARGS=--resume)")
-    dest.mkdir(parents=True, exist_ok=True)
-    ModernBertForMaskedLM.from_pretrained(run_dir).to(dtype).save_pretrained(dest)
-    save_tokenizer(load_tokenizer(run_dir), dest)
-    shutil.copy(run_dir / PLOT_FILE, dest / PLOT_FILE)
-    small = {key: log[key] for key in EXPORTED_LOG}
-    small["validation_of_the_run"] = log["final_eval"]  # before the cast
-    small["python"] = list(sys.version_info[:2])  # the corpus follows the Python it is read from
-    (dest / LOG_FILE).write_text(json.dumps(small, indent=1) + "\n")  # validate reads its settings
-    small["validation"] = validate(dest)
-    (dest / LOG_FILE).write_text(json.dumps(small, indent=1) + "\n")
-    return small
-
-
-def load_pretrained(directory: str | Path = PRETRAINED_DIR) -> tuple[ModernBertForMaskedLM, Tokenizer, dict]:
-    """(model in float32, tokenizer, log) of the committed mini checkpoint (or another export)."""
-    directory = Path(directory)
-    if not (directory / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{directory} holds no model.safetensors: run `make mini-checkpoint`")
-    return (ModernBertForMaskedLM.from_pretrained(directory), load_tokenizer(directory),
-            json.loads((directory / LOG_FILE).read_text()))
-
-
 # ----------------------------------------------------------------------------- the CLI
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m modernbert_mini.train",
                                      description="Pretrain ModernBERT with MLM on the stdlib corpus.")
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif f.name == "model_overrides":
-            parser.add_argument(flag, type=json.loads, default={},
-                                help='ModernBertConfig fields as JSON, e.g. \'{"num_hidden_layers": 4}\'')
-        elif f.name == "betas":
-            parser.add_argument(flag, type=float, nargs=2, default=default)
-        elif f.type in ("int | None", "str | None"):
-            kind = int if f.type.startswith("int") else str
-            parser.add_argument(flag, type=kind, default=default)
-        else:
-            parser.add_argument(flag, type=type(default), default=default)
-    return TrainConfig(**vars(parser.parse_args(argv)))
+    cli.add_fields(parser, TrainConfig, help={
+        "model_overrides": 'ModernBertConfig fields as JSON, e.g. \'{"num_hidden_layers": 4}\''})
+    return TrainConfig(**cli.given(parser.parse_args(argv), TrainConfig))
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_args(argv)
-    log = train(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        final = log.get("final_eval")
+    log = train(parse_args(argv))
+    if not dist.is_initialized() or dist.get_rank() == 0:
         summary = {"steps": log["steps"], "tokens_per_second": round(log["tokens_per_second"], 1),
                    "final_train_loss": log["history"]["train"][-1]["loss"],
-                   "validation": final, "unigram_baseline": log["unigram_baseline"]}
+                   "validation": log.get("final_eval"), "unigram_baseline": log["unigram_baseline"]}
         print(json.dumps(summary, indent=1))
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -168,7 +168,11 @@ def test_choose_can_be_asked_about_another_device():
                   capability=(8, 0)).name == "flash_attn"
     assert choose("auto", unpadded, q16.half(), 128, device="cuda", installed=no_flash,
                   capability=(8, 6)).name == "triton"
-    assert choose("auto", unpadded, q16.float(), None, device="cuda", installed={}).name in ("triton", "varlen")
+    # float32 rules out flash_attn; then Triton where it is installed, else varlen
+    assert choose("auto", unpadded, q16.float(), None, device="cuda", installed={"triton": True},
+                  capability=(8, 0)).name == "triton"
+    assert choose("auto", unpadded, q16.float(), None, device="cuda", installed={"triton": False},
+                  capability=(8, 0)).name == "varlen"
     with pytest.raises(ValueError, match="does not run on cuda here"):
         choose("flash_attn", unpadded, q16, None, device="cuda", installed={"flash_attn": False})
 

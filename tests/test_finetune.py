@@ -6,11 +6,13 @@ import math
 import pytest
 import torch
 
+from modernbert_mini import experiment as ex
 from modernbert_mini import finetune as ft
 from modernbert_mini import tasks
 from modernbert_mini.config import ModernBertConfig
 from modernbert_mini.data import corpus_tokenizer
 from modernbert_mini.model import ModernBertForSequenceClassification, ModernBertModel
+from modernbert_mini.tokenizer import to_sequences
 
 
 def tiny_config(**fields):
@@ -31,7 +33,7 @@ TEXTS = ["def add(a, b):\n    return a + b\n", "import asyncio\nloop = asyncio.n
 
 def test_tokenize_cuts_long_texts_and_keeps_the_special_tokens(tokenizer):
     long = "x = 1\n" * 200
-    sequences = ft.tokenize(tokenizer, [TEXTS[0], long], max_len=16)
+    sequences = to_sequences(tokenizer, [TEXTS[0], long], 16, overflow="truncate")
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     short = tokenizer.encode(TEXTS[0]).ids  # the tokenizer's own [CLS] ... [SEP]
     assert sequences[0].tolist() == short
@@ -56,25 +58,43 @@ def test_one_classifier_step_lowers_the_loss_on_a_tiny_batch(tokenizer):
     torch.manual_seed(0)
     model = ModernBertForSequenceClassification(tiny_config(), num_labels=3)
     labels = torch.tensor([0, 1, 2, 1])
-    batch = ft.collate(ft.tokenize(tokenizer, TEXTS, 32), range(4))
+    batch = ft.collate(to_sequences(tokenizer, TEXTS, 32, overflow="truncate"), range(4))
     model.eval()
     with torch.no_grad():
-        before = ft.classification_loss(model, batch, labels).item()
+        before = ft.classifier_batch_loss(model, batch, labels).item()
     cfg = ft.FinetuneConfig(lr=1e-4, warmup_ratio=0, decay_ratio=0, progress=False)
-    losses = ft.fit(model, [0], lambda _: ft.classification_loss(model, batch, labels), cfg)
+    losses = ft.fit(model, [0], lambda _: ft.classifier_batch_loss(model, batch, labels), cfg)
     with torch.no_grad():
-        after = ft.classification_loss(model, batch, labels).item()
+        after = ft.classifier_batch_loss(model, batch, labels).item()
     assert losses == pytest.approx([before], rel=1e-5)  # no dropout: fit saw the same loss
     assert after < before - 0.01  # 1.103 -> 1.074 when this was written
+
+
+def test_fit_trains_in_train_mode_and_leaves_eval_mode(tokenizer):
+    """Dropout acts while fine-tuning: every module is in train mode at every step."""
+    torch.manual_seed(0)
+    model = ModernBertForSequenceClassification(tiny_config(classifier_dropout=0.5), num_labels=3)
+    batch = ft.collate(to_sequences(tokenizer, TEXTS, 32, overflow="truncate"), range(4))
+    labels = torch.tensor([0, 1, 2, 1])
+    modes = []
+
+    def loss_of(_):
+        modes.append({m.training for m in model.modules()})
+        return ft.classifier_batch_loss(model, batch, labels)
+    model.eval()
+    cfg = ft.FinetuneConfig(lr=1e-4, warmup_ratio=0, decay_ratio=0, progress=False)
+    ft.fit(model, [0, 1], loss_of, cfg)
+    assert modes == [{True}, {True}]
+    assert not model.training  # ready to predict
 
 
 def test_one_biencoder_step_lowers_the_contrastive_loss(tokenizer):
     torch.manual_seed(0)
     model = ft.BiEncoder(ModernBertModel(tiny_config()))
-    queries = ft.collate(ft.tokenize(tokenizer, ["add two numbers", "a new event loop",
-                                                     "a logging handler", "close the socket"], 16),
+    queries = ft.collate(to_sequences(tokenizer, ["add two numbers", "a new event loop",
+                                                     "a logging handler", "close the socket"], 16, overflow="truncate"),
                              range(4))
-    documents = ft.collate(ft.tokenize(tokenizer, TEXTS, 32), range(4))
+    documents = ft.collate(to_sequences(tokenizer, TEXTS, 32, overflow="truncate"), range(4))
 
     def loss():
         return ft.contrastive_loss(model(queries), model(documents), temperature=0.05)
@@ -104,7 +124,7 @@ def test_biencoder_vectors_are_unit_mean_pooled_states(tokenizer):
     """BiEncoder on a packed batch == the mean of the padded model's states over real tokens."""
     torch.manual_seed(0)
     encoder = ModernBertModel(tiny_config()).eval()
-    sequences = ft.tokenize(tokenizer, TEXTS, 32)
+    sequences = to_sequences(tokenizer, TEXTS, 32, overflow="truncate")
     with torch.no_grad():
         vectors = ft.BiEncoder(encoder)(ft.collate(sequences, range(4)))
         for i in range(4):
@@ -155,8 +175,8 @@ def test_config_refuses_bad_values():
 @pytest.fixture(scope="module")
 def datasets(tokenizer):
     cut = ft.FinetuneConfig().max_len
-    return {"test": ft.finetuning_data(tokenizer, cut, validation=False),
-            "validation": ft.finetuning_data(tokenizer, cut, validation=True)}
+    return {"test": ex.finetuning_data(tokenizer, cut, validation=False),
+            "validation": ex.finetuning_data(tokenizer, cut, validation=True)}
 
 
 @pytest.mark.parametrize("split", ["test", "validation"])
@@ -167,11 +187,11 @@ def test_no_scored_example_in_the_finetuning_data(datasets, tokenizer, split):
     cut = ft.FinetuneConfig().max_len
     for train, scored in ((classification.train, classification.test), (search.train, search.test)):
         assert {e.path for e in train}.isdisjoint(e.path for e in scored)
-        seen = {t for e in train for t in ft.example_texts(e)}
-        assert not any(t in seen for e in scored for t in ft.example_texts(e))
-        seen = {tuple(s.tolist()) for s in ft.tokenize(
-            tokenizer, [t for e in train for t in ft.example_texts(e)], cut)}
-        scored_sequences = ft.tokenize(tokenizer, [t for e in scored for t in ft.example_texts(e)], cut)
+        seen = {t for e in train for t in ex.example_texts(e)}
+        assert not any(t in seen for e in scored for t in ex.example_texts(e))
+        seen = {tuple(s.tolist()) for s in to_sequences(
+            tokenizer, [t for e in train for t in ex.example_texts(e)], cut, overflow="truncate")}
+        scored_sequences = to_sequences(tokenizer, [t for e in scored for t in ex.example_texts(e)], cut, overflow="truncate")
         assert not any(tuple(s.tolist()) in seen for s in scored_sequences)
     if split == "test":  # the task's own test split, which the baselines score too
         whole = tasks.package_classification()
@@ -184,9 +204,9 @@ def test_glue_offline_says_it_needs_the_network(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
     monkeypatch.setattr(ft, "load_tokenizer", offline)
     with pytest.raises(RuntimeError, match="needs the network"):
-        ft.finetune_glue("sst2")
+        ex.finetune_glue("sst2")
     with pytest.raises(ValueError, match="not supported"):
-        ft.finetune_glue("squad")
+        ex.finetune_glue("squad")
 
 
 def test_drop_overlap_by_hand(tokenizer):
@@ -197,17 +217,32 @@ def test_drop_overlap_by_hand(tokenizer):
              tasks.LabelledText("def other():\n    pass\n", 1, "a/two.py", "other"))
     task = tasks.ClassificationTask(("a", "b"), train, test)
     assert len(tokenizer.encode(head).ids) > 8  # the head alone fills the cut below
-    assert ft.drop_overlap(task, tokenizer, max_len=8).train == train[1:]
-    assert ft.drop_overlap(task, tokenizer, max_len=64).train == train  # apart when read whole
+    assert ex.drop_overlap(task, tokenizer, max_len=8).train == train[1:]
+    assert ex.drop_overlap(task, tokenizer, max_len=64).train == train  # apart when read whole
 
 
 def test_mean_and_spread_and_the_table_by_hand():
     runs = [{"accuracy": 0.5, "seconds": 10.0, "name": "x"}, {"accuracy": 0.7, "seconds": 12.0}]
-    spread = ft.mean_and_spread(runs)  # sample standard deviation: sqrt(((-0.1)^2 + 0.1^2) / 1)
+    spread = ex.mean_and_spread(runs)  # sample standard deviation: sqrt(((-0.1)^2 + 0.1^2) / 1)
     assert list(spread) == ["accuracy", "seconds"]  # numbers only
     assert spread["accuracy"] == pytest.approx((0.6, math.sqrt(0.02)))
     assert spread["seconds"] == pytest.approx((11.0, math.sqrt(2)))
-    table = ft.markdown_table({"TF-IDF": {"accuracy": (0.625, None)},
+    table = ex.markdown_table({"TF-IDF": {"accuracy": (0.625, None)},
                                "mini": {"accuracy": spread["accuracy"], "mrr@10": (0.3, 0.01)}})
     assert table.splitlines()[2] == "| TF-IDF | 0.625 | — | — | — | — |"
     assert table.splitlines()[3] == "| mini | 0.600 ± 0.141 | — | 0.300 ± 0.010 | — | — |"
+
+
+def test_the_command_line_comes_from_the_config_types():
+    """The same generator as train.py's: flags typed from the annotations, only given ones set."""
+    import argparse
+
+    from modernbert_mini import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_fields(parser, ft.FinetuneConfig, skip=("seed",), unset=True)
+    args = parser.parse_args(["--lr=1e-3", "--betas", "0.8", "0.9", "--no-progress", "--epochs=2"])
+    assert cli.given(args, ft.FinetuneConfig) == {"lr": 1e-3, "betas": (0.8, 0.9),
+                                                  "progress": False, "epochs": 2}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seed=1"])  # skipped: the experiment's --seeds sets it

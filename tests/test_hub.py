@@ -402,9 +402,11 @@ def test_labels_that_disagree_with_the_head(tmp_path):
         model = mm.ModernBertForSequenceClassification.from_pretrained(tmp_path / "mlm", id2label=two,
                                                                        strict=False)
     assert model.num_labels == 2 and model.config.id2label == two
-    mismatched = mm.ModernBertForSequenceClassification(config, num_labels=2)
     with pytest.raises(ValueError, match="num_labels=2, but its config's id2label names 3"):
-        mismatched.save_pretrained(tmp_path / "bad")
+        mm.ModernBertForSequenceClassification(config, num_labels=2)  # one source: the config
+    named = mm.ModernBertForSequenceClassification(config)
+    assert named.num_labels == 3  # derived from it
+    assert named.hf_config_extras() == {}  # its names are the config's to write, whatever the order
 
 
 def test_unknown_config_keys_are_kept_and_written_back(tmp_path):

@@ -58,12 +58,22 @@ def test_specials_never_chosen_labels_elsewhere_ignored():
     assert torch.equal(inputs[special], ids[special])  # specials stay as they are
     assert torch.equal(labels[chosen], ids[chosen])  # the target is the original token
     assert torch.equal(inputs[~chosen], ids[~chosen])  # nothing else changes
-    replaced = chosen & (inputs != MASK_ID) & (inputs != ids)
-    assert replaced.any() and not torch.isin(inputs[replaced], torch.tensor(SPECIAL)).any()
     assert inputs.shape == labels.shape == ids.shape and inputs.dtype == ids.dtype
     # a (B, S) batch of int32 works the same way
     inputs2d, labels2d = masked(ids[:1000].view(10, 100).int())
     assert inputs2d.shape == (10, 100) and inputs2d.dtype == torch.int32
+
+
+def test_random_replacements_are_never_special_tokens():
+    """A vocabulary of 5 specials and 2 ordinary ids: a replacement drawn from the whole vocab
+    would be special 5 times in 7; ~150 draws here, so no seed passes by luck."""
+    ids = torch.tensor([CLS_ID, 5, 6, SEP_ID] * 2500)
+    for seed in range(3):
+        inputs, labels = mask_tokens(ids, mask_id=MASK_ID, vocab_size=7, special_ids=SPECIAL,
+                                     generator=torch.Generator().manual_seed(seed))
+        replaced = (labels != IGNORE_INDEX) & (inputs != MASK_ID) & (inputs != ids)
+        assert int(replaced.sum()) > 50  # half the draws give the original id back: ~75 here
+        assert torch.isin(inputs[replaced], torch.tensor([5, 6])).all()
 
 
 def test_reproducible_with_a_generator():

@@ -40,32 +40,104 @@ def test_outputs_index_like_transformers():
     assert loss is out.loss
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients():
+    """With checkpointing, backward runs every layer's forward again (and the gradients agree)."""
     torch.manual_seed(0)
     model = mm.ModernBertForMaskedLM(CONFIG).train()
     ids, mask = make_batch(CONFIG, [7, 16])
     labels = torch.where(mask.bool(), ids, -100)
-    expected = gradients(model, lambda m: m(ids, mask, labels=labels))
+    calls = []
+    for layer in model.model.layers:
+        layer.register_forward_pre_hook(lambda module, args: calls.append(module))
+
+    def layer_forwards(fn):  # how many layer forwards one forward + backward starts
+        calls.clear()
+        grads = gradients(model, fn)
+        return grads, len(calls)
+
+    expected, plain = layer_forwards(lambda m: m(ids, mask, labels=labels))
     model.model.gradient_checkpointing_enable()
-    got = gradients(model, lambda m: m(ids, mask, labels=labels))
+    got, recomputed = layer_forwards(lambda m: m(ids, mask, labels=labels))
+    layers = CONFIG.num_hidden_layers
+    assert (plain, recomputed) == (layers, 2 * layers)  # each layer once more, in backward
     for name in expected:
         assert max_abs_diff(got[name], expected[name]) < 1e-6, name
 
 
-@pytest.mark.parametrize("field", ["embedding_dropout", "attention_dropout", "mlp_dropout"])
+# config field -> the nn.Dropout modules it sets, in a ModernBertModel
+DROPOUT_SITES = {
+    "embedding_dropout": lambda m: [m.embeddings.drop],
+    "attention_dropout": lambda m: [layer.attn.out_drop for layer in m.layers],  # after Wo
+    "mlp_dropout": lambda m: [layer.mlp.drop for layer in m.layers],  # inside GeGLU, before Wo
+}
+
+
+def watch(modules) -> list:
+    """(input, output) of every call of these modules, as they happen."""
+    seen = []
+    for module in modules:
+        module.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+    return seen
+
+
+def dropped_in_train_only(model, run, sites) -> None:
+    """Every dropout site zeroes about half its inputs (p=0.5) in train mode, none in eval."""
+    seen = watch(sites)
+    with torch.no_grad():
+        run(model.eval())
+        assert seen and all(torch.equal(x, y) for x, y in seen)
+        seen.clear()
+        torch.manual_seed(1)
+        run(model.train())
+    assert len(seen) >= len(sites)  # every site ran in the forward
+    for x, y in seen:
+        zeroed = ((y == 0) & (x != 0)).float().mean().item()
+        assert 0.3 < zeroed < 0.7, zeroed
+
+
+@pytest.mark.parametrize("field", list(DROPOUT_SITES))
 def test_dropout_acts_in_train_mode_only(field):
-    """Each dropout of the config changes the training forward and leaves eval alone."""
+    """Each dropout of the config acts where it belongs in the training forward (about half its
+    inputs zeroed), changes the output, and leaves eval alone."""
     torch.manual_seed(0)
     config = replace(CONFIG, **{field: 0.5})
     model = mm.ModernBertModel(config)
     plain = mm.ModernBertModel(CONFIG)
     plain.load_state_dict(model.state_dict())
     ids, mask = make_batch(CONFIG, [12, 20])
+    dropped_in_train_only(model, lambda m: m(ids, mask), DROPOUT_SITES[field](model))
     with torch.no_grad():
         expected = plain.eval()(ids, mask).last_hidden_state
         assert max_abs_diff(model.eval()(ids, mask).last_hidden_state, expected, mask) == 0
         torch.manual_seed(1)
         assert max_abs_diff(model.train()(ids, mask).last_hidden_state, expected, mask) > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_attention_dropout_also_drops_attention_probabilities(backend):
+    """attention_dropout's other site, inside the backend: with the dropout after Wo taken out,
+    the training forward still differs from eval."""
+    torch.manual_seed(0)
+    model = mm.ModernBertModel(replace(CONFIG, attention_dropout=0.5, attention_backend=backend))
+    for layer in model.layers:
+        layer.attn.out_drop = torch.nn.Identity()
+    ids, mask = make_batch(CONFIG, [12, 20])
+    with torch.no_grad():
+        expected = model.eval()(ids, mask).last_hidden_state
+        torch.manual_seed(1)
+        assert max_abs_diff(model.train()(ids, mask).last_hidden_state, expected, mask) > 1e-3
+
+
+def test_classifier_dropout_acts_in_the_classifier_forward():
+    torch.manual_seed(0)
+    model = mm.ModernBertForSequenceClassification(replace(CONFIG, classifier_dropout=0.5),
+                                                   num_labels=3)
+    ids, mask = make_batch(CONFIG, [12, 20])
+    dropped_in_train_only(model, lambda m: m(ids, mask), [model.drop])
+    with torch.no_grad():
+        expected = model.eval()(ids, mask).logits
+        torch.manual_seed(1)
+        assert max_abs_diff(model.train()(ids, mask).logits, expected) > 1e-3
 
 
 def test_device_and_dtype():

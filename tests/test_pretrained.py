@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modernbert_mini.train import (LOG_FILE, PRETRAINED_DIR, TrainConfig, export, load_pretrained,
-                                   train, validate)
+from modernbert_mini.checkpoint import PRETRAINED_DIR, export, load_pretrained, validate
+from modernbert_mini.train import LOG_FILE, TrainConfig, train
 from test_train import tiny_config, tokenizer_dir  # noqa: F401  (a fixture)
 
 

@@ -283,3 +283,28 @@ def test_tokens_per_char_counts_tokens_not_padding(bpe):
 def test_bpe_merges_rejects_other_models(train_texts):
     with pytest.raises(ValueError, match="not a BPE"):
         tok.bpe_merges(tok.train_wordpiece(train_texts[:5], 300))
+
+
+def test_to_sequences_splits_cuts_or_refuses_and_never_changes_the_tokenizer(bpe):
+    """The one way from texts to ids: each mode against the tokenizer's own encoding."""
+    before = bpe.to_str()
+    bpe.enable_truncation(max_length=4)  # the caller's own setting: to_sequences ignores it
+    try:
+        long, short = "def add(a, b):\n    return a + b\n" * 6, "x = 1"
+        ids = tok.Tokenizer.from_str(before).encode(long, add_special_tokens=False).ids
+        split = tok.to_sequences(bpe, [long, "", short], 16, overflow="split")
+        pieces = [s.tolist() for s in split]
+        assert [i for p in pieces[:-1] for i in p[1:-1]] == ids  # every token once, in order
+        assert all(p[0] == tok.CLS_ID and p[-1] == tok.SEP_ID and len(p) <= 16 for p in pieces)
+        assert len(pieces) == -(-len(ids) // 14) + 1  # the fewest chunks; the empty text: none
+        cut = tok.to_sequences(bpe, [long, short], 16, overflow="truncate")
+        assert cut[0].tolist() == [tok.CLS_ID, *ids[:14], tok.SEP_ID] and len(cut[1]) < 16
+        with pytest.raises(ValueError, match=r"texts\[0\] is \d+ tokens long, more than max_length=16"):
+            tok.to_sequences(bpe, [long, short], 16)
+        bare = tok.to_sequences(bpe, [long], special_tokens=False)
+        assert bare[0].tolist() == ids and tok.count_tokens(bpe, [long, short]) == bare.num_tokens + len(
+            tok.to_sequences(bpe, [short], special_tokens=False)[0])
+        assert bpe.truncation["max_length"] == 4
+    finally:
+        bpe.no_truncation()
+    assert bpe.to_str() == before

@@ -16,8 +16,9 @@ from modernbert_mini.inference import fill_mask
 from modernbert_mini.mlm import PackedLoader, mask_tokens, tokenize_documents
 from modernbert_mini.model import IGNORE_INDEX
 from modernbert_mini.tokenizer import MASK_ID, load_tokenizer, save_tokenizer, train_tokenizer
-from modernbert_mini.train import (LOG_FILE, PLOT_FILE, TrainConfig, masked_loss_sum, parse_args,
-                                   shard, train)
+from modernbert_mini.loop import shard
+from modernbert_mini.mlm import masked_loss_sum
+from modernbert_mini.train import LOG_FILE, PLOT_FILE, TrainConfig, parse_args, train, validation_batches
 
 TINY = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
             local_attention=16)  # layer 0 global, 1 and 2 local with a window the sequences exceed
@@ -59,6 +60,27 @@ def test_run_writes_model_tokenizer_curve_and_log(uninterrupted):
     lrs = [row["lr"] for row in log["history"]["train"]]
     assert lrs[0] == pytest.approx(1.5e-3) and lrs[2] == pytest.approx(3e-3)  # warmup of 2 steps
     assert all(row["grad_norm"] is not None for row in log["history"]["train"])
+
+
+def test_validation_accuracy_counts_the_argmax_hits(uninterrupted, tokenizer_dir):
+    """The last evaluation's accuracies, counted again here from the saved model's logits."""
+    out, log = uninterrupted
+    cfg = tiny_config(tokenizer_dir, out)
+    model = ModernBertForMaskedLM.from_pretrained(out).eval()
+    hits, count, mask_hits, mask_count = 0, 0, 0, 0
+    for batch, inputs, labels in validation_batches(cfg, load_tokenizer(out), model.config):
+        with torch.no_grad():  # no labels: logits at every token, (T, V)
+            logits = model(inputs, cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen).logits
+        chosen = labels != IGNORE_INDEX
+        right = logits.argmax(-1)[chosen] == labels[chosen]  # (n,)
+        as_mask = inputs[chosen] == MASK_ID
+        hits, count = hits + int(right.sum()), count + int(chosen.sum())
+        mask_hits, mask_count = mask_hits + int(right[as_mask].sum()), mask_count + int(as_mask.sum())
+    final = log["history"]["eval"][-1]
+    assert final["masked_tokens"] == count
+    assert final["accuracy"] == pytest.approx(hits / count, abs=1.5 / count)  # a near tie at most
+    assert final["mask_accuracy"] == pytest.approx(mask_hits / mask_count, abs=1.5 / mask_count)
+    assert 0 < mask_hits < mask_count  # 8 steps: some right, not all
 
 
 def test_resume_gives_the_same_losses_bit_for_bit(uninterrupted, tokenizer_dir, tmp_path):

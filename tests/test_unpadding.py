@@ -131,7 +131,9 @@ def test_packed_input_errors():
 
 
 @pytest.mark.parametrize("backend", ["auto", "eager", "sdpa", "varlen", "tiled"])
-def test_pad_ids_never_change_real_outputs(backend):
+def test_padding_never_changes_real_outputs(backend):
+    """Each row of a padded batch (right-padded, the last row left-padded) gives what its
+    tokens give alone, with no padding at all; and pad ids change nothing."""
     torch.manual_seed(0)
     config = replace(CONFIG, attention_backend=backend)
     model = mm.ModernBertForMaskedLM(config).eval()
@@ -140,6 +142,9 @@ def test_pad_ids_never_change_real_outputs(backend):
     real = mask.bool()
     with torch.no_grad():
         a, b = model(ids, mask).logits, model(other, mask).logits
+        for row in range(len(ids)):
+            alone = model(ids[row, real[row]][None]).logits[0]  # (n, V)
+            assert max_abs_diff(a[row, real[row]], alone) < TOL, row
     assert max_abs_diff(a, b, real) == 0.0
 
 
@@ -171,3 +176,24 @@ def test_position_ids_move_the_rope_angles():
         c = model(ids, mask, position_ids=(torch.randperm(12, generator=torch.Generator().manual_seed(0)) * 3).expand(2, 12)).last_hidden_state
     assert max_abs_diff(a, b, mask) < 1e-4
     assert max_abs_diff(a, c, mask) > 1e-2  # shuffled positions are another input
+
+
+def test_encode_answers_in_the_input_shape_and_pools_alike_padded_or_packed():
+    """encode gives (B, S, H) for (B, S) ids and (T, H) for packed ones, and pools each sequence
+    the same way from either: [CLS] is each one's first real token, mean is over its real tokens."""
+    torch.manual_seed(0)
+    model = mm.ModernBertModel(CONFIG).eval()
+    ids, mask = make_batch(CONFIG, [3, 17, 9])  # the last row left-padded
+    real = mask.bool()
+    cu_seqlens = torch.nn.functional.pad(real.sum(1).cumsum(0), (1, 0)).int()
+    with torch.no_grad():
+        padded = model.encode(ids, mask)
+        packed = model.encode(ids[real], cu_seqlens=cu_seqlens)  # (T,): the rows back to back
+    assert padded.last_hidden_state.shape == (3, 17, CONFIG.hidden_size)
+    assert packed.last_hidden_state.shape == (int(real.sum()), CONFIG.hidden_size)
+    assert max_abs_diff(padded.last_hidden_state[real], packed.last_hidden_state) < TOL
+    by_hand = {"cls": torch.stack([padded.last_hidden_state[r, real[r]][0] for r in range(3)]),
+               "mean": torch.stack([padded.last_hidden_state[r, real[r]].mean(0) for r in range(3)])}
+    for how, expected in by_hand.items():
+        assert max_abs_diff(padded.pool(how), expected) < TOL, how
+        assert max_abs_diff(packed.pool(how), expected) < TOL, how
