@@ -54,7 +54,7 @@ import torch
 from . import backends, runtime
 from .attention import Attention
 from .config import ModernBertConfig
-from .linear import Linear
+from .linear import Linear, packing
 from .model import ModernBertModel
 
 
@@ -97,12 +97,13 @@ def peak_matmul_flops(size: int = 2048, repeats: int = 5, device="cpu",
                       dtype: torch.dtype = torch.float32) -> dict:
     """This machine's matrix-product rates in `dtype`, FLOP/s (best of a few): the BLAS's (a @ b,
     what the reference's layers get; cuBLAS on a GPU, fp32 without TF32 as PyTorch's default),
-    the packed oneDNN path's (what ours get in CPU inference, linear.py), and the higher of the
-    two, which the MFU column divides by."""
+    the packed oneDNN path's (linear.py: what ours get in CPU inference where it pays, on CPUs
+    with AVX-512; measured on any CPU with oneDNN, to compare), and the higher of the two, which
+    the MFU column divides by."""
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     packed = Linear(size, size, bias=False).to(device=device, dtype=dtype)
     rates = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), packing(True):
         for name, product in (("blas", lambda: a @ b), ("packed", lambda: packed(a))):
             if name == "packed" and not packed.packs(a):
                 continue  # no packed path here (a GPU, or no oneDNN)

@@ -3,9 +3,12 @@
 Most of a ModernBERT forward is matrix products with the layers' weights (chapter 12). On the
 CPU, PyTorch sends a float32 product to its BLAS (MKL in the pip wheels). PyTorch also ships
 oneDNN, whose inference kernels multiply by a weight that was reordered once ("packed") into
-the blocked layout they read. Measured on the development machine, an AMD EPYC (Zen 5) with 2
-threads, at the base model's shapes: 350-450 GFLOP/s packed against MKL's 170-210 (MKL runs its
-AVX2 kernels on AMD CPUs; oneDNN runs AVX-512 there). The numbers are float32 products too,
+the blocked layout they read. Whether that pays depends on the CPU. On an AMD EPYC Zen 5, with 2
+threads at the base model's shapes: 350-450 GFLOP/s packed against MKL's 170-210 (MKL runs its
+AVX2 kernels on AMD CPUs, oneDNN its AVX-512 ones). On an AMD EPYC Zen 3, which has AVX2 only,
+the packed path was slower (0.85x on chapter 12's two-layer model, one thread); on an Intel Xeon
+with AVX-512, where MKL uses AVX-512 too, it bought much less than on the Zen 5. So by default the packed path is used only where PyTorch's CPU dispatch runs AVX-512
+kernels (`torch.backends.cpu.get_cpu_capability()`). The numbers are float32 products too,
 rounded in another order: they differ from F.linear's by float32 rounding. A row's result does
 not depend on how many rows are in the packed product (also checked).
 
@@ -17,9 +20,10 @@ packed path only when all of these hold:
 - autograd has nothing to record (`torch.no_grad()` or `torch.inference_mode()`, or nothing
   requires a gradient): the packed op has no backward;
 - torch.compile is not tracing the model (its own freezing packs weights itself);
-- packing is on (`with packing(False):` turns it off, to compare; the environment variable
-  `MODERNBERT_MINI_ONEDNN=0` turns it off for the whole process, as another CPU's kernels would
-  change the rounding: the book's checked outputs must not notice).
+- packing is on: by default where the CPU has AVX-512 (`PAYS`); `with packing(False):` or
+  `with packing(True):` switches it for a while, and the environment variable
+  `MODERNBERT_MINI_ONEDNN=0` or `=1` for the whole process (0 also shows that the book's checked
+  outputs do not depend on the kernels: another CPU's would round differently).
 
 The packed copy is kept, and made again when the weight changes (an optimizer step,
 `load_state_dict`, a move): one more copy of the weight in memory while it is kept.
@@ -35,12 +39,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _cpu_has_avx512() -> bool:
+    try:
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    except AttributeError:  # a PyTorch without the query
+        return False
+
+
+PAYS = _cpu_has_avx512()  # where packing beat the BLAS in our measurements (the docstring)
+
+
 def _packing_from_environment() -> bool:
-    value = os.environ.get("MODERNBERT_MINI_ONEDNN", "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"MODERNBERT_MINI_ONEDNN must be 0 (F.linear only) or 1 (packed oneDNN "
-                         f"weights in CPU inference, the default), got {value!r}")
-    return value == "1"
+    value = os.environ.get("MODERNBERT_MINI_ONEDNN", "auto")
+    if value not in ("0", "1", "auto"):
+        raise ValueError(f"MODERNBERT_MINI_ONEDNN must be 0 (F.linear only), 1 (packed oneDNN "
+                         f"weights in CPU inference) or auto (packed where the CPU has AVX-512, "
+                         f"the default), got {value!r}")
+    return PAYS if value == "auto" else value == "1"
 
 
 _PACKING = _packing_from_environment()

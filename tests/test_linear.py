@@ -17,8 +17,11 @@ pytestmark = pytest.mark.skipif(not linear.ONEDNN, reason="this PyTorch has no o
 
 @pytest.fixture(autouse=True)
 def small_products_pack_too(monkeypatch):
-    """These tests' products are tiny: let them take the packed path all the same."""
+    """These tests' products are tiny, and this CPU may not pack by default (no AVX-512): let
+    them take the packed path all the same."""
     monkeypatch.setattr(linear, "SMALL", 0)
+    with packing(True):
+        yield
 
 
 def layer(bias=False, seed=0):
@@ -95,7 +98,8 @@ def test_a_tiny_product_stays_on_f_linear(monkeypatch):
         assert lin._packed is not None
 
 
-@pytest.mark.parametrize("value, packs", [("0", False), ("1", True), (None, True)])
+@pytest.mark.parametrize("value, packs", [("0", False), ("1", True), ("auto", linear.PAYS),
+                                          (None, linear.PAYS)])
 def test_the_environment_turns_packing_off_for_the_process(value, packs):
     env = {k: v for k, v in os.environ.items() if k != "MODERNBERT_MINI_ONEDNN"}
     if value is not None:
@@ -112,3 +116,11 @@ def test_a_bad_environment_value_says_what_is_allowed():
     out = subprocess.run([sys.executable, "-c", "import modernbert_mini.linear"], env=env,
                          capture_output=True, text=True)
     assert out.returncode != 0 and "MODERNBERT_MINI_ONEDNN must be 0" in out.stderr
+
+
+def test_packing_pays_only_with_avx512(monkeypatch):
+    """By default the packed path runs where PyTorch dispatches AVX-512 kernels, not on an
+    AVX2-only CPU, where it measured slower than the BLAS."""
+    for capability, pays in (("AVX512", True), ("AVX512_BF16", True), ("AVX2", False), ("DEFAULT", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert linear._cpu_has_avx512() is pays

@@ -175,7 +175,7 @@ def unsupported(path):
             settings = [n for k, (every, assigned) in enumerate(code[:i + 1])
                         for n in (every if k >= j else assigned)]
         for sentence in SENTENCE.split(text):
-            if EXTERNAL.search(sentence):
+            if EXTERNAL.search(" ".join(sentence.split())):  # the marker may wrap a line
                 continue
             extra = []
             for name in re.findall(r"`([\w./-]+\.\w+)`", sentence):  # a committed file it names
