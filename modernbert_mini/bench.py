@@ -226,14 +226,27 @@ def gpu_dtypes() -> tuple[torch.dtype, ...]:
     return (torch.float32, torch.bfloat16 if runtime.detect().bf16 else torch.float16)
 
 
+def with_blas(call):
+    """The same call with linear.Linear's packed weights off: its matrix products through the
+    BLAS, as the reference's nn.Linear runs them. Against the reference, what is left of the ratio
+    is work skipped (padding, masked scores), not a faster matrix library."""
+    def run():
+        with packing(False):
+            return call()
+    return run
+
+
 def implementations(config, ours, ref, ids, mask, device, compile_ours, case) -> dict[str, Impl]:
-    """The rows of one case. CPU: transformers and ours in fp32 (and ours compiled). GPU: per
+    """The rows of one case. CPU: transformers and ours in fp32, as it runs by default and with
+    its products through the BLAS (and ours compiled). GPU: per
     dtype, transformers' SDPA, ours with each attention backend that runs there and "auto",
     and transformers' flash-attn in half precision where it is installed."""
     if device != "cuda":
         impls = {"transformers": Impl(lambda: ref(ids, attention_mask=mask), torch.float32,
                                       "transformers"),
-                 "modernbert_mini": Impl(lambda: ours(ids, mask), torch.float32, "transformers")}
+                 "modernbert_mini": Impl(lambda: ours(ids, mask), torch.float32, "transformers"),
+                 "modernbert_mini, BLAS products": Impl(with_blas(lambda: ours(ids, mask)),
+                                                        torch.float32, "transformers")}
         if compile_ours and case != "long":
             compiled = torch.compile(ours, fullgraph=True)
             impls["modernbert_mini, compiled"] = Impl(lambda: compiled(ids, mask), torch.float32,

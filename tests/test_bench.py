@@ -50,8 +50,9 @@ def test_run_writes_after_every_case_and_times_each_first_call(tmp_path, monkeyp
         assert json.loads((tmp_path / "bench.json").read_text()) == rows
 
     rows = bench.run(["full", "varlen"], repeats=1, model="mini", on_case=on_case)
-    assert seen == [["full", "full"], ["full", "full", "varlen", "varlen"]]
-    assert [r["impl"] for r in rows] == ["transformers", "modernbert_mini"] * 2
+    assert seen == [["full"] * 3, ["full"] * 3 + ["varlen"] * 3]
+    assert [r["impl"] for r in rows] == ["transformers", "modernbert_mini",
+                                         "modernbert_mini, BLAS products"] * 2
     config = ModernBertConfig.mini()
     for r in rows:
         assert r["dtype"] == "float32" and r["reference"] == "transformers"
@@ -83,3 +84,13 @@ def test_on_a_gpu_eager_stands_beside_every_fast_backend(monkeypatch):
             for name in expected:
                 assert impls[name].reference == f"transformers, {dtype} sdpa"
                 assert str(impls[name].dtype) == f"torch.{dtype}"
+
+
+def test_the_blas_row_runs_without_packed_weights():
+    """The second column of the comparison: ours with every product through the BLAS, as the
+    reference's, whatever this CPU's default."""
+    from modernbert_mini import linear
+    layer, x = linear.Linear(768, 768, bias=False), torch.ones(4096, 768)
+    with torch.no_grad(), linear.packing(True):
+        assert bench.with_blas(lambda: layer.packs(x))() is False
+        assert layer.packs(x) is linear.ONEDNN  # packed outside it
