@@ -7,10 +7,11 @@ the blocked layout they read. Whether that pays depends on the CPU. On an AMD EP
 threads at the base model's shapes: 350-450 GFLOP/s packed against MKL's 170-210 (MKL runs its
 AVX2 kernels on AMD CPUs, oneDNN its AVX-512 ones). On an AMD EPYC Zen 3, which has AVX2 only,
 the packed path was slower (0.85x on chapter 12's two-layer model, one thread); on an Intel Xeon
-with AVX-512, where MKL uses AVX-512 too, it bought much less than on the Zen 5. So by default the packed path is used only where PyTorch's CPU dispatch runs AVX-512
-kernels (`torch.backends.cpu.get_cpu_capability()`). The numbers are float32 products too,
-rounded in another order: they differ from F.linear's by float32 rounding. A row's result does
-not depend on how many rows are in the packed product (also checked).
+with AVX-512, where MKL uses AVX-512 too, it bought much less than on the Zen 5. So by default
+the packed path is used only where PyTorch's CPU dispatch runs AVX-512 kernels
+(`torch.backends.cpu.get_cpu_capability()`). The numbers are float32 products too, rounded in
+another order: they differ from F.linear's by float32 rounding. A row's result does not depend
+on how many rows are in the packed product (also checked).
 
 `Linear` is an nn.Linear (the same parameter, the same state dict). Its forward takes the
 packed path only when all of these hold:

@@ -140,5 +140,5 @@ def summary() -> str:
 def autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on a CUDA GPU with native bf16 (capability >= 8.0); everywhere else fp32,
     an autocast that is off. The training loops and fine-tuning run their forward under it."""
-    on = device.type == "cuda" and detect().bf16
+    on = native_bf16(cuda_capability(device))  # cheap: it runs every step, detect() reads files
     return torch.autocast("cuda" if on else "cpu", dtype=torch.bfloat16, enabled=on)
