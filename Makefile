@@ -35,18 +35,31 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m modernbert_mini.bench --out out/bench
 
-## make pretrain: pretrain the mini ModernBERT on the stdlib corpus, 700 steps, 5.3M tokens (2.5 passes),
-## ~17 min on 2 free CPU cores, 40 min when they are shared (out/pretrain/: model + tokenizer that
-## transformers loads, loss_curve.png, log.json). Validation loss 2.92, unigram baseline 6.71.
-## Packed batches go through SDPA: on the CPU it is faster than the per-sequence varlen path.
-## More options: PRETRAIN_ARGS="--resume" (continue), "--help" (all of them).
-PRETRAIN_DIR  ?= out/pretrain
-PRETRAIN_ARGS ?=
+## make pretrain: pretrain the mini ModernBERT on the stdlib corpus with ModernBERT's recipe
+## (StableAdamW with weight decay relative to the peak lr, no gradient clipping, batch-size warmup,
+## 30% masking), in two phases as the paper's, at this scale:
+##   1. out/pretrain/short: 128-token sequences, global RoPE theta 10k, PRETRAIN_SHORT_STEPS steps;
+##   2. out/pretrain: context extension from that model to 1,024 tokens, global theta 160k,
+##      PRETRAIN_LONG_STEPS steps (a new optimizer and schedule).
+## Each writes a model + tokenizer that transformers loads, loss_curve.png and log.json (with the
+## loss by position on 1,024-token validation windows, before and after). Progress bars; a run
+## that stops continues with PRETRAIN_ARGS="--resume" (the phase whose model.safetensors is
+## missing is the one that resumes). More options: "--help".
+PRETRAIN_DIR         ?= out/pretrain
+PRETRAIN_ARGS        ?=
+PRETRAIN_SHORT_STEPS ?= 850
+PRETRAIN_LONG_STEPS  ?= 100
+PRETRAIN_COMMON      := --attention-backend sdpa --batch-tokens 8192 --eval-every 50 \
+	--eval-tokens 16384 --save-every 50 $(PRETRAIN_ARGS)
 pretrain: $(STAMP)
-	$(PY) -m modernbert_mini.train --out-dir $(PRETRAIN_DIR) --attention-backend sdpa \
-		--max-len 512 --batch-tokens 8192 --batch-warmup-start 2048 --batch-warmup-tokens 300000 \
-		--max-steps 700 --warmup-steps 20 --decay-steps 150 --lr 2e-3 \
-		--eval-every 50 --eval-tokens 16384 --save-every 50 $(PRETRAIN_ARGS)
+	@[ -f $(PRETRAIN_DIR)/short/model.safetensors ] || \
+	$(PY) -m modernbert_mini.train --out-dir $(PRETRAIN_DIR)/short --max-len 128 \
+		--model-overrides '{"global_rope_theta": 10000.0}' --batch-warmup-start 2048 \
+		--batch-warmup-tokens 1000000 --batch-warmup-multiple 512 --max-steps $(PRETRAIN_SHORT_STEPS) \
+		--warmup-steps 50 --decay-steps 170 --lr 2e-3 $(PRETRAIN_COMMON)
+	$(PY) -m modernbert_mini.train --out-dir $(PRETRAIN_DIR) --init-from $(PRETRAIN_DIR)/short \
+		--max-len 1024 --model-overrides '{"global_rope_theta": 160000.0}' \
+		--max-steps $(PRETRAIN_LONG_STEPS) --warmup-steps 10 --decay-steps 30 --lr 1e-3 $(PRETRAIN_COMMON)
 
 ## make mini-checkpoint: the small checkpoint that chapters 10 and 11 load
 ## (modernbert_mini/assets/mini/, ~12 MB): the `make pretrain` run (pretrained first if missing),

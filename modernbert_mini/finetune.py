@@ -54,7 +54,8 @@ class FinetuneConfig:
     lr: float = 3e-4  # the peak learning rate
     betas: tuple[float, float] = (0.9, 0.98)  # StableAdamW's, as ModernBERT's
     eps: float = 1e-6
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # torch-style: multiplied by the learning rate (decouple_lr=False)
+    decouple_lr: bool = False
     grad_clip: float = 0.0  # max gradient norm; 0: no clipping (StableAdamW clips each update)
     warmup_ratio: float = 0.1  # of the steps: linear warmup ...
     decay_ratio: float = 0.3  # ... and, at the end, the 1-sqrt decay to 0

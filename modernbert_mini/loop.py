@@ -34,9 +34,10 @@ STATE_FILE = "training_state.pt"
 # ----------------------------------------------------------------------------- optimizer, one step
 def build_optimizer(model: nn.Module, cfg, *, total_steps: int, warmup_steps: int,
                     decay_steps: int, min_ratio: float = 0.0):
-    """(StableAdamW, its warmup-stable-decay scheduler) from cfg's lr, betas, eps, weight_decay."""
+    """(StableAdamW, its warmup-stable-decay scheduler) from cfg's lr, betas, eps, weight_decay
+    and decouple_lr."""
     optimizer = StableAdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                            eps=cfg.eps)
+                            eps=cfg.eps, decouple_lr=cfg.decouple_lr)
     scheduler = lr_scheduler(optimizer, warmup_steps=warmup_steps, decay_steps=decay_steps,
                              total_steps=total_steps, min_ratio=min_ratio)
     return optimizer, scheduler

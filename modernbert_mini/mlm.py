@@ -26,7 +26,9 @@ and unpads them; without rows, the same thing is a flat budget of rows x 1,024 t
 - `pad_fraction`: how much of a padded batch would be padding, for comparison;
 - `special_ids`, `masking_args`, `step_generator`: what masking needs in a training run;
 - `masked_loss_sum`, `validation_slice`, `evaluate`, `unigram_baseline`: the loss of a packed
-  batch, and how a run is scored on a fixed masked slice of the validation split.
+  batch, and how a run is scored on a fixed masked slice of the validation split;
+- `long_validation_slice`, `loss_by_position`: the loss by position in long inputs, the measure
+  of context extension.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from tokenizers import Tokenizer
 from . import runtime
 from .config import ModernBertConfig
 from .model import IGNORE_INDEX
-from .tokenizer import Sequences, to_sequences
+from .tokenizer import Sequences, emittable_ids, to_sequences
 
 MASK_RATE = 0.3  # ModernBERT's; BERT used 0.15
 EVAL_SEED = 20_241_219  # the validation slice is masked the same way in every run
@@ -50,14 +52,16 @@ MASK_SPLIT = (0.8, 0.1, 0.1)  # of the chosen tokens: [MASK], a random token, un
 # ----------------------------------------------------------------------------- masking
 def mask_tokens(input_ids: torch.Tensor, *, mask_id: int, vocab_size: int,
                 special_ids: Iterable[int], rate: float = MASK_RATE,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None,
+                replacement_ids: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose `rate` of the non-special tokens as targets; 80% -> [MASK], 10% random, 10% kept.
 
     input_ids: integer tensor of any shape, e.g. (T,) packed or (B, S) padded.
     Returns (inputs, labels), both shaped like input_ids: inputs with the replacements, labels
     the original id at chosen tokens and IGNORE_INDEX (-100) everywhere else. Each token is
-    chosen independently with probability `rate`; random replacements are drawn from the
-    non-special ids. The same generator state gives the same result.
+    chosen independently with probability `rate`; random replacements are drawn from
+    `replacement_ids` (in a run: the ids the tokenizer can emit, `replacement_ids(tokenizer)`),
+    by default every non-special id below vocab_size. The same generator state gives the same result.
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point \
             or input_ids.dtype == torch.bool:
@@ -74,9 +78,17 @@ def mask_tokens(input_ids: torch.Tensor, *, mask_id: int, vocab_size: int,
         raise ValueError(f"special_ids={special.tolist()} must be ids in [0, {vocab_size})")
     device = input_ids.device
     is_special = torch.isin(input_ids, special.to(device, input_ids.dtype))
-    ordinary = torch.ones(vocab_size, dtype=torch.bool)
-    ordinary[special] = False
-    ordinary_ids = ordinary.nonzero().squeeze(1).to(device)  # the ids a random token may take
+    if replacement_ids is None:
+        ordinary = torch.ones(vocab_size, dtype=torch.bool)
+        ordinary[special] = False
+        ordinary_ids = ordinary.nonzero().squeeze(1).to(device)  # the ids a random token may take
+    else:
+        ordinary_ids = torch.as_tensor(replacement_ids, dtype=torch.long)
+        if ordinary_ids.ndim != 1 or not len(ordinary_ids) or ordinary_ids.min() < 0 \
+                or ordinary_ids.max() >= vocab_size or torch.isin(ordinary_ids, special).any():
+            raise ValueError(f"replacement_ids must be a non-empty list of non-special ids in "
+                             f"[0, {vocab_size}), got {len(ordinary_ids)} ids")
+        ordinary_ids = ordinary_ids.to(device)
 
     def uniform():  # drawn on the CPU, so a CPU generator gives the same numbers on every device
         return torch.rand(input_ids.shape, generator=generator).to(device)
@@ -232,10 +244,17 @@ def special_ids(tokenizer: Tokenizer) -> list[int]:
                   for t in tokenizer.get_added_tokens_decoder().values() if t.special)
 
 
+def replacement_ids(tokenizer: Tokenizer, vocab_size: int) -> list[int]:
+    """The ids a random replacement may take: those the tokenizer can emit from text
+    (`tokenizer.emittable_ids`: no special token, no [unusedN] filler), below vocab_size."""
+    return [i for i in emittable_ids(tokenizer) if i < vocab_size]
+
+
 def masking_args(tokenizer: Tokenizer, config: ModernBertConfig) -> dict:
     """mask_tokens' keyword arguments for this tokenizer and model."""
     return dict(mask_id=config.mask_token_id, vocab_size=config.vocab_size,
-                special_ids=special_ids(tokenizer))
+                special_ids=special_ids(tokenizer),
+                replacement_ids=replacement_ids(tokenizer, config.vocab_size))
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -310,3 +329,60 @@ def unigram_baseline(train_tokens: torch.Tensor, eval_batches, vocab_size: int,
     targets = torch.cat([labels[labels != IGNORE_INDEX] for _, _, labels in eval_batches])
     return {"token_id": top, "accuracy": float((targets == top).double().mean()),
             "loss": float(-log_p[targets].mean())}  # the same on [MASK]ed tokens, in expectation
+
+
+# ----------------------------------------------------------------------------- long inputs
+POSITION_BUCKETS = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192)  # edges of the position bins
+
+
+def long_validation_slice(texts: Sequence[str], tokenizer: Tokenizer, config: ModernBertConfig, *,
+                          length: int, eval_tokens: int, rate: float = MASK_RATE) -> list:
+    """Windows of exactly `length` tokens ([CLS], length - 2 tokens of one document, [SEP]) from
+    the documents long enough to fill one, until eval_tokens tokens; packed one window a batch
+    and masked once: [(PackedBatch, inputs, labels)], as `validation_slice`."""
+    cls_id, sep_id = config.cls_token_id, config.sep_token_id
+    bare = to_sequences(tokenizer, texts, special_tokens=False)  # whole documents, no cut
+    args = masking_args(tokenizer, config)
+    out, room = [], length - 2
+    for doc in range(len(bare)):
+        ids = bare[doc]
+        for start in range(0, len(ids) - room + 1, room):
+            if len(out) * length >= eval_tokens:
+                return out
+            window = torch.cat([torch.tensor([cls_id]), ids[start:start + room].long(),
+                                torch.tensor([sep_id])])
+            batch = PackedBatch(window, torch.tensor([0, length], dtype=torch.int32), length)
+            inputs, labels = mask_tokens(window, **args, rate=rate, generator=torch.Generator()
+                                         .manual_seed(EVAL_SEED + len(out)))
+            out.append((batch, inputs, labels))
+    if not out:
+        raise ValueError(f"no document has the {room} tokens that a window of {length} needs")
+    return out
+
+
+@torch.no_grad()
+def loss_by_position(model, eval_batches, device: torch.device,
+                     edges: Sequence[int] = POSITION_BUCKETS) -> list[dict]:
+    """The MLM loss over the masked tokens at positions [edges[i], edges[i+1]) of their sequence:
+    [{"start", "stop", "loss", "tokens"}] for every bin that holds a masked token."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(len(edges) - 1, dtype=torch.float64)
+    counts = torch.zeros(len(edges) - 1, dtype=torch.long)
+    bounds = torch.tensor(edges[1:-1])
+    for batch, inputs, labels in eval_batches:
+        chosen = labels != IGNORE_INDEX
+        starts = torch.repeat_interleave(batch.cu_seqlens[:-1].long(), batch.cu_seqlens.diff().long())
+        position = (torch.arange(len(labels)) - starts)[chosen]  # (n,) within each sequence
+        with runtime.autocast(device):
+            _, logits = masked_loss_sum(model, inputs, labels, batch, int(chosen.sum()), device)
+        if not model.config.sparse_prediction:
+            logits = logits[chosen.to(device)]
+        losses = torch.nn.functional.cross_entropy(logits.float(), labels[chosen].to(device),
+                                                   reduction="none").double().cpu()
+        bins = torch.bucketize(position, bounds, right=True)
+        sums.index_add_(0, bins, losses)
+        counts.index_add_(0, bins, torch.ones_like(bins))
+    model.train(was_training)
+    return [{"start": edges[i], "stop": edges[i + 1], "loss": float(sums[i] / counts[i]),
+             "tokens": int(counts[i])} for i in range(len(counts)) if counts[i]]

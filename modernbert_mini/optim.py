@@ -9,14 +9,20 @@ For one tensor with gradient g at step t (1-based):
     m_hat = m_t / (1 - beta1^t)                      v_hat = v_t / (1 - beta2^t)
     rms = sqrt(mean(g^2 / max(v_hat, eps^2)))        over every element of the tensor
     lr_t = lr / max(1, rms)                          the update clipping of Adafactor
-    p <- p - lr_t * weight_decay * p                 decoupled weight decay (AdamW)
+    p <- p * (1 - lr_t * weight_decay)               decoupled weight decay, torch-style (AdamW)
+      or p * (1 - lr_t / lr_max * weight_decay)      ... or decoupled from the lr's size too
     p <- p - lr_t * m_hat / (sqrt(v_hat) + eps)
 
 While rms <= 1 this is exactly AdamW (`torch.optim.AdamW` with the same betas, eps and decay).
 A gradient spike makes g^2 much larger than v_hat, so rms > 1 and the step is divided by it:
 no need for a global gradient-norm clip to keep one bad batch from throwing the weights away.
 ModernBERT's settings: betas (0.9, 0.98), eps 1e-6, no weight decay on norms and biases
-(`param_groups` builds the two groups from a model).
+(`param_groups` builds the two groups from a model), and weight decay 1e-5 decoupled from the
+learning rate's size as well (`decouple_lr=True`, optimi's "fully decoupled" decay, which
+ModernBERT's configs call decoupled_stableadamw): lr_max is the group's lr when the optimizer is
+built, so at the peak of the schedule a weight shrinks by weight_decay itself each step. With
+torch's convention (`decouple_lr=False`, the default, as torch.optim.AdamW) the same 1e-5 is
+multiplied by lr_t: 1e-5 * 2e-3 is 500 times weaker, weight decay in name only.
 
 The schedules are plain functions of the step (or of the tokens seen), so a reader can plot
 them and a test can check their corners:
@@ -24,8 +30,10 @@ them and a test can check their corners:
 - `wsd_schedule`: warmup-stable-decay, the "trapezoidal" learning rate of ModernBERT: a linear
   warmup, a long constant phase, then a 1-sqrt decay (Hägele et al., 2024). `lr_scheduler` wraps
   it in a `torch.optim.lr_scheduler.LambdaLR`, whose state_dict holds plain numbers only.
-- `batch_size_schedule`: batch-size warmup. ModernBERT-base starts at 768 sequences a batch and
-  grows linearly to 4,608 over its first 50B tokens; here the unit is tokens per packed batch.
+- `batch_size_schedule`: batch-size warmup, as ModernBERT's scheduler runs it. ModernBERT-base
+  starts at 768 sequences a batch and reaches 4,608 after its first 50B tokens; every size in
+  between is trained on for the same number of steps, so the batch size grows linearly in steps
+  (and like the square root of the tokens seen). Here the unit is tokens per packed batch.
 """
 
 from __future__ import annotations
@@ -51,22 +59,26 @@ class StableAdamW(torch.optim.Optimizer):
 
     params: tensors or parameter groups (see `param_groups`); lr: the peak learning rate (a
     scheduler multiplies it); betas, eps: Adam's; weight_decay: decoupled, multiplied by the
-    (clipped) learning rate as in torch.optim.AdamW.
+    (clipped) learning rate as in torch.optim.AdamW (decouple_lr=False), or by that learning
+    rate over the group's lr at construction (decouple_lr=True, as optimi and ModernBERT).
 
     After each step, `state[p]["rms"]` holds that tensor's RMS (a 0-d tensor, no host sync),
     so a reader can see how often the clipping acts.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.98),
-                 eps: float = 1e-6, weight_decay: float = 0.0):
+                 eps: float = 1e-6, weight_decay: float = 0.0, decouple_lr: bool = False):
         _check("lr", lr, isinstance(lr, (int, float)) and lr >= 0, "must be a number >= 0")
         _check("betas", betas, len(betas) == 2 and all(0 <= b < 1 for b in betas),
                "must be two numbers in [0, 1)")
         _check("eps", eps, isinstance(eps, (int, float)) and eps > 0, "must be a number > 0")
         _check("weight_decay", weight_decay,
                isinstance(weight_decay, (int, float)) and weight_decay >= 0, "must be >= 0")
+        _check("decouple_lr", decouple_lr, isinstance(decouple_lr, bool), "must be True or False")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
-                                      weight_decay=weight_decay))
+                                      weight_decay=weight_decay, decouple_lr=decouple_lr))
+        for group in self.param_groups:  # lr_max, before any scheduler multiplies lr
+            group.setdefault("max_lr", group["lr"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -98,8 +110,9 @@ class StableAdamW(torch.optim.Optimizer):
                 rms = (g * g / v_hat.clamp(min=eps * eps)).mean().sqrt()  # 0-d
                 step_lr = lr / rms.clamp(min=1.0)  # 0-d: lr, or less when the gradient spikes
                 denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)  # sqrt(v_hat) + eps
-                if weight_decay:
-                    p.mul_(1 - step_lr * weight_decay)
+                if weight_decay:  # torch-style, or relative to the peak lr
+                    scale = step_lr / group["max_lr"] if group["decouple_lr"] else step_lr
+                    p.mul_(1 - scale * weight_decay)
                 p.sub_(step_lr / bias1 * m / denom)  # lr_t * m_hat / (sqrt(v_hat) + eps)
                 state["rms"] = rms
         return loss
@@ -170,8 +183,13 @@ def batch_size_schedule(tokens_seen: int, *, start: int, end: int, warmup_tokens
                         multiple: int = 1) -> int:
     """Batch-size warmup: the batch size once `tokens_seen` tokens have been trained on.
 
-    Grows linearly from `start` (at 0 tokens) to `end` (at `warmup_tokens` and after), rounded
-    down to a multiple of `multiple` but never below `start`. With warmup_tokens=0 it is `end`.
+    As ModernBERT's scheduler: the sizes s_0 = start, s_1 = start + multiple, ..., up to the last
+    below `end` each hold in turn, s_k until
+
+        ceil(warmup_tokens * (s_0 + ... + s_k) / (s_0 + ... + s_n))   tokens,
+
+    so that each size lasts warmup_tokens / (s_0 + ... + s_n) steps, the same number for all;
+    then `end`, from warmup_tokens on. With warmup_tokens=0 (or start == end) it is `end`.
     """
     for name, value in (("start", start), ("end", end), ("multiple", multiple)):
         _check(name, value, _is_int(value) and value >= 1, "must be an integer >= 1")
@@ -180,7 +198,18 @@ def batch_size_schedule(tokens_seen: int, *, start: int, end: int, warmup_tokens
            "must be an integer >= 0")
     _check("tokens_seen", tokens_seen, _is_int(tokens_seen) and tokens_seen >= 0,
            "must be an integer >= 0")
-    if tokens_seen >= warmup_tokens:
+    if tokens_seen >= warmup_tokens or start == end:
         return end
-    size = start + (end - start) * tokens_seen / warmup_tokens
-    return max(start, int(size) // multiple * multiple)
+    n = -(-(end - start) // multiple)  # the sizes start + k * multiple below end: k = 0 .. n-1
+
+    def through(k: int) -> int:  # s_0 + ... + s_k
+        return (k + 1) * start + multiple * k * (k + 1) // 2
+
+    def threshold(k: int) -> int:  # the tokens at which s_k gives way: a ceiling, in integers
+        return -(-warmup_tokens * through(k) // through(n - 1))
+
+    lo, hi = 0, n - 1  # the first k whose threshold is above tokens_seen (k = n-1 always is)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if threshold(mid) <= tokens_seen else (lo, mid)
+    return start + lo * multiple

@@ -150,6 +150,25 @@ def bpe_merges(tokenizer: Tokenizer) -> list[tuple[str, str]]:
     return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
 
 
+def emittable_ids(tokenizer: Tokenizer) -> list[int]:
+    """The ids that encoding some text can give: special tokens and fillers left out.
+
+    Vocabulary entries: for BPE, the single symbols (its alphabet) and the result of every
+    merge, so that an entry no merge builds (the [unusedN] fillers of `train_tokenizer`) is left
+    out; for other models, all of them. Added tokens: those that are not special and not a
+    [unusedN] filler (OLMo's runs of spaces are added tokens that text does produce).
+    """
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    if json.loads(tokenizer.to_str())["model"].get("type") == "BPE":
+        built = {a + b for a, b in bpe_merges(tokenizer)}
+        vocab = {token: i for token, i in vocab.items() if len(token) == 1 or token in built}
+    filler = re.compile(re.escape(UNUSED_TOKEN).replace(r"\{\}", r"\d+"))
+    added = tokenizer.get_added_tokens_decoder()
+    ids = {i for i in vocab.values() if i not in added}
+    ids |= {i for i, t in added.items() if not t.special and not filler.fullmatch(t.content)}
+    return sorted(ids)
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. The ModernBERT-style tokenizer
 # ---------------------------------------------------------------------------------------------

@@ -46,11 +46,12 @@ from tokenizers import Tokenizer
 from . import cli, loop, runtime
 from .config import ModernBertConfig
 from .data import corpus_texts, corpus_tokenizer
+from .hub import read_hf_config
 from .inference import fill_mask
 from .loop import Dist, shard
-from .mlm import (MASK_RATE, PackedBatch, PackedLoader, evaluate, mask_tokens, masked_loss_sum,
-                  masking_args, special_ids, step_generator, tokenize_documents, unigram_baseline,
-                  validation_slice)
+from .mlm import (MASK_RATE, PackedBatch, PackedLoader, evaluate, long_validation_slice,
+                  loss_by_position, mask_tokens, masked_loss_sum, masking_args, special_ids,
+                  step_generator, tokenize_documents, unigram_baseline, validation_slice)
 from .model import IGNORE_INDEX, ModernBertForMaskedLM
 from .optim import batch_size_schedule
 from .tokenizer import load_tokenizer, save_tokenizer
@@ -80,20 +81,29 @@ class TrainConfig:
     max_docs: int | None = None  # only the first N training documents (for quick runs)
     val_docs: int | None = None
     mask_rate: float = MASK_RATE
-    # batches, in tokens (packed): batch-size warmup from batch_warmup_start to batch_tokens
+    # context extension: start from a finished run's weights and tokenizer (model_overrides can
+    # then raise global_rope_theta, as ModernBERT's 8k phase did); optimizer and schedule anew
+    init_from: str | None = None
+    # the loss by position on windows of this many validation tokens (0: the model's
+    # max_position_embeddings), before and after training
+    position_eval_len: int = 0
+    # batches, in tokens (packed): batch-size warmup from batch_warmup_start to batch_tokens,
+    # in steps of batch_warmup_multiple, each size for the same number of steps (optim.py)
     batch_tokens: int = 8192
     batch_warmup_start: int | None = None  # None: no batch-size warmup
     batch_warmup_tokens: int = 0
-    # optimiser and schedule
+    batch_warmup_multiple: int = 1
+    # optimiser and schedule: ModernBERT's StableAdamW, weight decay relative to the peak lr
     lr: float = 2e-3
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 1e-5
+    decouple_lr: bool = True
     max_steps: int = 500
     warmup_steps: int = 50
     decay_steps: int = 100
     min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    grad_clip: float = 0.0  # max gradient norm; 0: none (ModernBERT's: StableAdamW clips updates)
     # bookkeeping
     eval_every: int = 50
     eval_tokens: int = 32_768  # size of the validation slice
@@ -107,7 +117,7 @@ class TrainConfig:
     def __post_init__(self):
         self.betas = tuple(self.betas)
         positive = ("max_len", "batch_tokens", "max_steps", "eval_every", "eval_tokens",
-                    "save_every", "keep_checkpoints")
+                    "save_every", "keep_checkpoints", "batch_warmup_multiple")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
@@ -129,12 +139,20 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- pieces
+def run_settings(cfg: TrainConfig) -> dict:
+    return dict(sparse_prediction=cfg.sparse_prediction, attention_backend=cfg.attention_backend)
+
+
 def build_model_config(cfg: TrainConfig, tokenizer: Tokenizer) -> ModernBertConfig:
-    ids = {f"{name}_token_id": tokenizer.token_to_id(f"[{name.upper()}]")
-           for name in ("cls", "sep", "pad", "mask")}
-    sizes = dict(vocab_size=tokenizer.get_vocab_size(), **ids,
-                 sparse_prediction=cfg.sparse_prediction, attention_backend=cfg.attention_backend)
-    config = getattr(ModernBertConfig, cfg.model_size)(**{**sizes, **cfg.model_overrides})
+    run = run_settings(cfg)
+    if cfg.init_from:  # the earlier run's model, with this run's changes
+        config = ModernBertConfig.from_hf_dict(read_hf_config(Path(cfg.init_from)),
+                                               **{**run, **cfg.model_overrides})
+    else:
+        ids = {f"{name}_token_id": tokenizer.token_to_id(f"[{name.upper()}]")
+               for name in ("cls", "sep", "pad", "mask")}
+        sizes = dict(vocab_size=tokenizer.get_vocab_size(), **ids, **run)
+        config = getattr(ModernBertConfig, cfg.model_size)(**{**sizes, **cfg.model_overrides})
     if config.max_position_embeddings < cfg.max_len:
         raise ValueError(f"max_len={cfg.max_len} is longer than the model's "
                          f"max_position_embeddings={config.max_position_embeddings}")
@@ -147,6 +165,26 @@ def validation_batches(cfg: TrainConfig, tokenizer: Tokenizer, config: ModernBer
     return validation_slice(corpus_texts("validation")[:cfg.val_docs], tokenizer, config,
                             max_len=cfg.max_len, batch_tokens=cfg.batch_tokens,
                             eval_tokens=cfg.eval_tokens, rate=cfg.mask_rate)
+
+
+def scorer(cfg: TrainConfig, tokenizer: Tokenizer, config: ModernBertConfig, device):
+    """score(model) -> the validation figures of `evaluate` at the run's masking rate, and
+    `loss_15`, the loss on the same slice masked at 15% (BERT's rate, the paper's comparison)."""
+    at_rate = validation_batches(cfg, tokenizer, config)
+    at_15 = validation_batches(dataclasses.replace(cfg, mask_rate=0.15), tokenizer, config)
+
+    def score(model) -> dict:
+        return {**evaluate(model, at_rate, device), "loss_15": evaluate(model, at_15, device)["loss"]}
+    return score, at_rate
+
+
+def position_losses(cfg: TrainConfig, tokenizer: Tokenizer, config: ModernBertConfig, model,
+                    device) -> dict:
+    """{"length", "buckets"}: loss_by_position on windows of position_eval_len validation tokens."""
+    length = cfg.position_eval_len or config.max_position_embeddings
+    batches = long_validation_slice(corpus_texts("validation")[:cfg.val_docs], tokenizer, config,
+                                    length=length, eval_tokens=cfg.eval_tokens, rate=cfg.mask_rate)
+    return {"length": length, "buckets": loss_by_position(model, batches, device)}
 
 
 def train_step(model, optimizer, scheduler, batch: PackedBatch, inputs: torch.Tensor,
@@ -203,14 +241,19 @@ def train(cfg: TrainConfig) -> dict:
     d = loop.setup_distributed()
     out_dir = Path(cfg.out_dir)
     torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else corpus_tokenizer()
+    source = cfg.tokenizer or cfg.init_from
+    tokenizer = load_tokenizer(source) if source else corpus_tokenizer()
     config = build_model_config(cfg, tokenizer)
     mask_args = masking_args(tokenizer, config)
     train_seqs = tokenize_documents(corpus_texts("train")[:cfg.max_docs], tokenizer, cfg.max_len)
-    eval_batches = validation_batches(cfg, tokenizer, config)
+    score, eval_batches = scorer(cfg, tokenizer, config, d.device)
     loader = PackedLoader(train_seqs, seed=cfg.seed)
 
-    model = ModernBertForMaskedLM(config).to(d.device)
+    if cfg.init_from:
+        model = ModernBertForMaskedLM.from_pretrained(
+            cfg.init_from, device=d.device, **{**run_settings(cfg), **cfg.model_overrides})
+    else:
+        model = ModernBertForMaskedLM(config).to(d.device)
     optimizer, scheduler = loop.build_optimizer(
         model, cfg, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
         decay_steps=cfg.decay_steps, min_ratio=cfg.min_lr_ratio)
@@ -228,9 +271,11 @@ def train(cfg: TrainConfig) -> dict:
     else:
         loop.remove_checkpoints(out_dir, d)  # an earlier run's checkpoints would mix with ours
         state["fill_mask_before"] = {p: guesses(model, tokenizer, p) for p in FILL_MASK_PROMPTS}
+        state["position_loss_before"] = position_losses(cfg, tokenizer, config, model, d.device)
         if d.main:
-            state["history"]["eval"].append({"step": 0, **evaluate(model, eval_batches, d.device)})
+            state["history"]["eval"].append({"step": 0, **score(model)})
     history, log["fill_mask_before"] = state["history"], state["fill_mask_before"]
+    log["position_loss_before"] = state["position_loss_before"]
     log["unigram_baseline"] = baseline = unigram_baseline(
         train_seqs.tokens, eval_batches, config.vocab_size, special_ids(tokenizer))
     ddp = loop.distribute(model, d)
@@ -243,7 +288,7 @@ def train(cfg: TrainConfig) -> dict:
         step, started = state["step"], time.perf_counter()
         budget = cfg.batch_tokens if cfg.batch_warmup_start is None else batch_size_schedule(
             state["tokens_seen"], start=cfg.batch_warmup_start, end=cfg.batch_tokens,
-            warmup_tokens=cfg.batch_warmup_tokens)
+            warmup_tokens=cfg.batch_warmup_tokens, multiple=cfg.batch_warmup_multiple)
         batch = loader.next_batch(budget)  # the global batch, the same on every rank
         inputs, labels = mask_tokens(batch.input_ids, **mask_args, rate=cfg.mask_rate,
                                      generator=step_generator(cfg.seed, step))
@@ -259,7 +304,7 @@ def train(cfg: TrainConfig) -> dict:
         bar.set_postfix(loss=f"{loss:.3f}",
                         tok_s=f"{state['tokens_seen'] / max(state['train_seconds'], 1e-9):.0f}")
         if d.main and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            history["eval"].append({"step": step, **evaluate(model, eval_batches, d.device)})
+            history["eval"].append({"step": step, **score(model)})
             bar.write(f"step {step}: validation loss {history['eval'][-1]['loss']:.4f}")
         if step % cfg.save_every == 0 or step == last:
             loop.save_state(out_dir / f"checkpoint-{step}", d, model, parts, state)
@@ -273,6 +318,7 @@ def train(cfg: TrainConfig) -> dict:
     if state["step"] == cfg.max_steps and d.main:
         log["final_eval"] = history["eval"][-1]
         log["fill_mask_after"] = {p: guesses(model, tokenizer, p) for p in FILL_MASK_PROMPTS}
+        log["position_loss"] = position_losses(cfg, tokenizer, config, model, d.device)
         model.save_pretrained(out_dir)
         save_tokenizer(tokenizer, out_dir)
     if d.main:

@@ -4,9 +4,10 @@ cu_seqlens, epochs, resumable state), checked against counts and the tokenizer i
 import pytest
 import torch
 
+from modernbert_mini.config import ModernBertConfig
 from modernbert_mini.data import load_corpus
-from modernbert_mini.mlm import (PackedLoader, Sequences, collate, mask_tokens, pad_fraction,
-                                 tokenize_documents)
+from modernbert_mini.mlm import (PackedLoader, Sequences, collate, mask_tokens, masking_args,
+                                 pad_fraction, tokenize_documents)
 from modernbert_mini.model import IGNORE_INDEX
 from modernbert_mini.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, train_tokenizer
 
@@ -74,6 +75,32 @@ def test_random_replacements_are_never_special_tokens():
         replaced = (labels != IGNORE_INDEX) & (inputs != MASK_ID) & (inputs != ids)
         assert int(replaced.sum()) > 50  # half the draws give the original id back: ~75 here
         assert torch.isin(inputs[replaced], torch.tensor([5, 6])).all()
+
+
+def test_random_replacements_come_only_from_replacement_ids():
+    """replacement_ids=[6]: every random replacement is 6, never the other ordinary id 5."""
+    ids = torch.tensor([CLS_ID, 5, 5, SEP_ID] * 2500)
+    inputs, labels = mask_tokens(ids, mask_id=MASK_ID, vocab_size=7, special_ids=SPECIAL,
+                                 replacement_ids=[6], generator=torch.Generator().manual_seed(0))
+    replaced = (labels != IGNORE_INDEX) & (inputs != MASK_ID) & (inputs != ids)
+    assert int(replaced.sum()) > 100 and (inputs[replaced] == 6).all()
+    for bad in ([], [7], [MASK_ID]):
+        with pytest.raises(ValueError, match="replacement_ids"):
+            mask_tokens(ids, mask_id=MASK_ID, vocab_size=7, special_ids=SPECIAL, replacement_ids=bad)
+
+
+def test_a_run_never_replaces_with_fillers_or_specials():
+    """A tokenizer that ran out of merges has [unusedN] fillers: masking_args leaves them out,
+    and the ids left are exactly those that encoding text can give."""
+    tokenizer = train_tokenizer(["tiny corpus, tiny corpus"], vocab_size=320)
+    config = ModernBertConfig.mini(vocab_size=tokenizer.get_vocab_size(), mask_token_id=MASK_ID)
+    allowed = set(masking_args(tokenizer, config)["replacement_ids"])
+    fillers = {i for token, i in tokenizer.get_vocab().items() if token.startswith("[unused")}
+    assert len(fillers) > 20 and not allowed & fillers and not allowed & set(SPECIAL)
+    produced = {i for text in ("tiny corpus", "x y z \u00e9", "tin") for i in
+                tokenizer.encode(text, add_special_tokens=False).ids}
+    assert produced <= allowed
+    assert len(allowed) == tokenizer.get_vocab_size() - len(fillers) - len(SPECIAL)
 
 
 def test_reproducible_with_a_generator():

@@ -12,23 +12,26 @@ from modernbert_mini.optim import (StableAdamW, batch_size_schedule, lr_schedule
                                    wsd_schedule)
 
 
-def plain_stable_adamw(p, grads, lr, betas, eps, weight_decay):
+def plain_stable_adamw(p, grads, lr, betas, eps, weight_decay, lrs=None, decouple_lr=False):
     """Wortsman et al. (2023), Algorithm 2, one line per formula, for one tensor.
 
+    lrs: the scheduled learning rate of each step (default: lr every step); decouple_lr: the
+    decay is multiplied by lr_t / lr (optimi's fully decoupled decay, as ModernBERT) instead of lr_t.
     Returns the parameter after each step and the RMS of each step.
     """
     beta1, beta2 = betas
     m = torch.zeros_like(p)
     v = torch.zeros_like(p)
     params, rmss = [], []
-    for t, g in enumerate(grads, start=1):
+    lrs = [lr] * len(grads) if lrs is None else lrs
+    for t, (g, lr_sched) in enumerate(zip(grads, lrs), start=1):
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g ** 2
         m_hat = m / (1 - beta1 ** t)
         v_hat = v / (1 - beta2 ** t)
         rms = torch.sqrt(torch.mean(g ** 2 / torch.maximum(v_hat, torch.full_like(v_hat, eps ** 2))))
-        lr_t = lr / max(1.0, rms.item())
-        p = p - lr_t * weight_decay * p
+        lr_t = lr_sched / max(1.0, rms.item())
+        p = p - (lr_t / lr if decouple_lr else lr_t) * weight_decay * p
         p = p - lr_t * m_hat / (torch.sqrt(v_hat) + eps)
         params.append(p)
         rmss.append(rms.item())
@@ -67,6 +70,34 @@ def test_matches_the_plain_rule_through_a_gradient_spike():
     for step, (e, g) in enumerate(zip(expected, got)):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14, msg=f"step {step}")
     assert got_rms == pytest.approx(expected_rms, rel=1e-12)
+
+
+def test_decouple_lr_scales_the_decay_by_the_schedule_not_by_the_lr():
+    """decouple_lr=True: p <- p * (1 - lr_t / lr_max * wd), lr_max the lr at construction, under a
+    scheduler; with lr 1e-2 that decay is 100 times the torch-style one."""
+    p0 = torch.randn(4, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    grads = spiky_grads()
+    factors = [wsd_schedule(s, warmup_steps=3, decay_steps=3, total_steps=8) for s in range(8)]
+    settings = dict(SETTINGS, weight_decay=1e-3)
+    expected, _ = plain_stable_adamw(p0, grads, **settings, decouple_lr=True,
+                                     lrs=[settings["lr"] * f for f in factors])
+    p = torch.nn.Parameter(p0.clone())
+    opt = StableAdamW([p], **settings, decouple_lr=True)
+    sched = lr_scheduler(opt, warmup_steps=3, decay_steps=3, total_steps=8)
+    for step, (g, e) in enumerate(zip(grads, expected)):
+        p.grad = g.clone()
+        opt.step()
+        sched.step()
+        torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-14, msg=f"step {step}")
+    # and it is not the torch-style rule: decay alone, a zero gradient's Adam step is zero
+    for decouple, shrink in ((True, 1 - 1e-3), (False, 1 - 1e-2 * 1e-3)):
+        q = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+        opt = StableAdamW([q], **settings, decouple_lr=decouple)
+        q.grad = torch.zeros_like(q)
+        opt.step()
+        torch.testing.assert_close(q.detach(), torch.full_like(q, shrink), rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="decouple_lr"):
+        StableAdamW([q], decouple_lr="yes")
 
 
 def test_spike_step_is_adamw_step_divided_by_rms():
@@ -216,13 +247,40 @@ def test_lr_scheduler_applies_the_schedule():
         lr_scheduler(opt, warmup_steps=-1, decay_steps=0, total_steps=5)
 
 
+def test_batch_size_schedule_follows_the_official_thresholds():
+    """Sizes 2, 3, 4 (sum 9) over 90 tokens: 2 until ceil(90 * 2/9) = 20 tokens, 3 until
+    ceil(90 * 5/9) = 50, 4 until 90, then 5. Each size lasts 10 steps."""
+    bs = dict(start=2, end=5, warmup_tokens=90)
+    expected = {0: 2, 19: 2, 20: 3, 49: 3, 50: 4, 89: 4, 90: 5, 10**6: 5}
+    assert {t: batch_size_schedule(t, **bs) for t in expected} == expected
+    # multiple=2, sizes 2, 4, 6 (sum 12) over 120 tokens: thresholds 20, 60, 120
+    bs2 = dict(start=2, end=7, warmup_tokens=120, multiple=2)
+    expected = {0: 2, 19: 2, 20: 4, 59: 4, 60: 6, 119: 6, 120: 7}
+    assert {t: batch_size_schedule(t, **bs2) for t in expected} == expected
+    # ceilings: 100 tokens, sizes 2, 3, 4: thresholds ceil(22.2) = 23, ceil(55.6) = 56, 100
+    expected = {22: 2, 23: 3, 55: 3, 56: 4, 99: 4, 100: 5}
+    assert {t: batch_size_schedule(t, start=2, end=5, warmup_tokens=100) for t in expected} == expected
+
+
+def test_batch_size_schedule_gives_every_size_the_same_steps():
+    """Trained step by step, each size from 768 to 4,607 (multiple 64) lasts the same number of
+    steps, so the size grows linearly in steps, not in tokens."""
+    bs = dict(start=768, end=4608, warmup_tokens=60 * 1000 * (768 + 4608 - 64) // 2, multiple=64)
+    tokens, steps_at = 0, {}
+    while tokens < bs["warmup_tokens"]:
+        size = batch_size_schedule(tokens, **bs)
+        steps_at[size] = steps_at.get(size, 0) + 1
+        tokens += size
+    assert sorted(steps_at) == list(range(768, 4608, 64))
+    assert set(steps_at.values()) <= {999, 1000, 1001}  # 1,000 steps each, give or take a ceiling
+    assert batch_size_schedule(tokens, **bs) == 4608
+
+
 def test_batch_size_schedule_corners():
     bs = dict(start=768, end=4608, warmup_tokens=1000)
     assert batch_size_schedule(0, **bs) == 768
-    assert batch_size_schedule(500, **bs) == (768 + 4608) // 2
     assert batch_size_schedule(999, **bs) < 4608
     assert batch_size_schedule(1000, **bs) == 4608 and batch_size_schedule(10**9, **bs) == 4608
-    assert batch_size_schedule(500, **bs, multiple=256) == 2560  # 2688 rounded down to 256s
     assert batch_size_schedule(1, start=100, end=1000, warmup_tokens=100, multiple=64) == 100
     sizes = [batch_size_schedule(t, **bs) for t in range(0, 1100, 7)]
     assert sizes == sorted(sizes)

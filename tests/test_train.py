@@ -35,7 +35,8 @@ def tiny_config(tokenizer_dir, out_dir, **changes) -> TrainConfig:
     settings = dict(out_dir=str(out_dir), tokenizer=str(tokenizer_dir), model_overrides=TINY,
                     max_len=64, max_docs=8, val_docs=2, batch_tokens=384, batch_warmup_start=192,
                     batch_warmup_tokens=1500, lr=3e-3, max_steps=8, warmup_steps=2, decay_steps=3,
-                    eval_every=4, eval_tokens=512, save_every=4, progress=False, seed=5)
+                    eval_every=4, eval_tokens=512, save_every=4, progress=False, seed=5,
+                    position_eval_len=128)
     return TrainConfig(**{**settings, **changes})
 
 
@@ -59,7 +60,29 @@ def test_run_writes_model_tokenizer_curve_and_log(uninterrupted):
     assert tokens[0] <= 192 and max(tokens) > 192  # batch-size warmup: the budget grows
     lrs = [row["lr"] for row in log["history"]["train"]]
     assert lrs[0] == pytest.approx(1.5e-3) and lrs[2] == pytest.approx(3e-3)  # warmup of 2 steps
-    assert all(row["grad_norm"] is not None for row in log["history"]["train"])
+    assert all(row["grad_norm"] is None for row in log["history"]["train"])  # no global clip
+    assert all(e["loss_15"] != e["loss"] and e["loss_15"] > 0 for e in evals)  # 15% masking too
+    for key in ("position_loss_before", "position_loss"):
+        assert log[key]["length"] == 128
+        assert [(b["start"], b["stop"]) for b in log[key]["buckets"]] == [(0, 64), (64, 128)]
+    assert log["position_loss"]["buckets"][0]["loss"] < log["position_loss_before"]["buckets"][0]["loss"]
+
+
+def test_init_from_continues_the_run_with_the_changes_asked(uninterrupted, tokenizer_dir, tmp_path):
+    """Context extension: the same weights and the same slices give the same loss by position
+    before training; a higher global RoPE theta changes it, and the new config keeps it."""
+    out, log = uninterrupted
+    same = train(tiny_config(None, tmp_path / "same", tokenizer=None, init_from=str(out),
+                             model_overrides={}, max_steps=1, warmup_steps=0, decay_steps=1))
+    assert same["position_loss_before"] == log["position_loss"]
+    assert same["history"]["eval"][0]["loss"] == log["history"]["eval"][-1]["loss"]
+    wider = train(tiny_config(None, tmp_path / "wider", tokenizer=None, init_from=str(out),
+                              model_overrides={"global_rope_theta": 1e6}, max_len=128,
+                              batch_tokens=512, batch_warmup_start=None, max_steps=2,
+                              warmup_steps=1, decay_steps=1))
+    assert wider["position_loss_before"] != log["position_loss"]
+    assert json.loads((tmp_path / "wider" / "config.json").read_text())["global_rope_theta"] == 1e6
+    assert wider["train_config"]["init_from"] == str(out)
 
 
 def test_validation_accuracy_counts_the_argmax_hits(uninterrupted, tokenizer_dir):
