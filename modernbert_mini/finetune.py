@@ -8,13 +8,18 @@ and on GLUE.
   cross entropy), `train_classifier` and `predict`.
 - retrieval: a bi-encoder (`BiEncoder`): one encoder for queries and documents, the mean of the
   last hidden states over real tokens, unit length, scored by cosine similarity. It trains with
-  an in-batch-negative contrastive loss (InfoNCE): in a batch of n (query, document) pairs the
-  other n - 1 documents are each query's negatives,
+  an in-batch-negative contrastive loss (InfoNCE), both ways: in a batch of n (query, document)
+  pairs the other n - 1 documents are each query's negatives, and the other n - 1 queries each
+  document's,
 
-      loss = cross_entropy(Q D^T / temperature, [0, 1, ..., n-1])      Q, D: (n, H) unit rows
+      S = Q D^T / temperature                                           Q, D: (n, H) unit rows
+      loss = (cross_entropy(S, [0, ..., n-1]) + cross_entropy(S^T, [0, ..., n-1])) / 2
 
-- hybrid retrieval: the bi-encoder's ranking and BM25's fused by reciprocal rank fusion
-  (Cormack et al., 2009): score(d) = sum over rankings of 1 / (k + rank(d)), k = 60.
+  `mean_cosine` measures how far the embeddings are from pointing all one way (anisotropy).
+- hybrid retrieval: the bi-encoder's scores and BM25's fused, each z-normalised per query and
+  weighted (`fuse_scores`, the weight chosen on validation queries, `choose_fusion_weight`); or
+  their rankings by reciprocal rank fusion (Cormack et al., 2009): score(d) = sum over rankings
+  of 1 / (k + rank(d)), k = 60, which throws the scores away.
 
 The loop is the package's own (`loop.py`, chapters 6 and 9): texts are tokenized once, batches
 are packed (documents back to back with `cu_seqlens`, no padding computed), StableAdamW with the
@@ -57,6 +62,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01  # torch-style: multiplied by the learning rate (decouple_lr=False)
     decouple_lr: bool = False
     grad_clip: float = 0.0  # max gradient norm; 0: no clipping (StableAdamW clips each update)
+    min_steps: int = 0  # at least this many steps: more epochs on a small training set
     warmup_ratio: float = 0.1  # of the steps: linear warmup ...
     decay_ratio: float = 0.3  # ... and, at the end, the 1-sqrt decay to 0
     temperature: float = 0.05  # of the contrastive loss
@@ -149,9 +155,12 @@ def fit(model: nn.Module, steps: Sequence, loss_of: Callable[[object], torch.Ten
 
 
 def epoch_batches(lengths: Sequence[int], cfg: FinetuneConfig) -> list[list[int]]:
-    """cfg.epochs epochs of length-grouped batches, each epoch in its own order (from cfg.seed)."""
+    """cfg.epochs epochs of length-grouped batches, each epoch in its own order (from cfg.seed);
+    more epochs where that is fewer than cfg.min_steps batches."""
     generator = torch.Generator().manual_seed(cfg.seed)
-    return [b for _ in range(cfg.epochs)
+    per_epoch = -(-len(lengths) // cfg.batch_size)
+    epochs = max(cfg.epochs, -(-cfg.min_steps // max(per_epoch, 1)))
+    return [b for _ in range(epochs)
             for b in length_grouped_batches(lengths, cfg.batch_size, generator)]
 
 
@@ -193,12 +202,16 @@ def predict(model: ModernBertForSequenceClassification, tokenizer: Tokenizer,
 # ----------------------------------------------------------------------------- retrieval
 class BiEncoder(nn.Module):
     """One encoder for queries and documents: mean of the last hidden states over the real
-    tokens of each sequence, scaled to unit length, so a dot product is the cosine similarity."""
+    tokens of each sequence, scaled to unit length, so a dot product is the cosine similarity.
 
-    def __init__(self, encoder: ModernBertModel):
+    encoder: a ModernBertModel, or any module with its `encode(input_ids, cu_seqlens=,
+    max_seqlen=)` (an `Encoded` back), `config.hidden_size` and `device` (`reference.py`)."""
+
+    def __init__(self, encoder: nn.Module):
         super().__init__()
-        if not isinstance(encoder, ModernBertModel):
-            raise ValueError(f"BiEncoder needs a ModernBertModel, got {type(encoder).__name__}")
+        if not (hasattr(encoder, "encode") and hasattr(encoder, "config")):
+            raise ValueError(f"BiEncoder needs a ModernBertModel (or a module with encode and "
+                             f"config), got {type(encoder).__name__}")
         self.encoder = encoder
 
     @property
@@ -212,15 +225,18 @@ class BiEncoder(nn.Module):
 
 def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor,
                      temperature: float) -> torch.Tensor:
-    """In-batch-negative InfoNCE: query i's positive is document i, the other rows its negatives.
+    """In-batch-negative InfoNCE, both ways: query i's positive is document i, and document
+    i's is query i; the other rows are the negatives.
 
-    queries, documents: (n, H) unit vectors. cross_entropy(Q D^T / temperature, arange(n)).
+    queries, documents: (n, H) unit vectors. S = Q D^T / temperature; the mean of
+    cross_entropy(S, arange(n)) (queries -> documents) and cross_entropy(S^T, arange(n)).
     """
     if queries.shape != documents.shape or queries.dim() != 2:
         raise ValueError(f"queries {tuple(queries.shape)} and documents {tuple(documents.shape)} "
                          "must both be (n, H)")
     scores = queries @ documents.T / temperature  # (n, n)
-    return F.cross_entropy(scores, torch.arange(len(queries), device=scores.device))
+    targets = torch.arange(len(queries), device=scores.device)
+    return (F.cross_entropy(scores, targets) + F.cross_entropy(scores.T, targets)) / 2
 
 
 def train_biencoder(model: BiEncoder, tokenizer: Tokenizer, queries: Sequence[str],
@@ -253,8 +269,51 @@ def embed_texts(model: BiEncoder, tokenizer: Tokenizer, texts: Sequence[str], ma
 
 def rank(queries: torch.Tensor, documents: torch.Tensor, k: int) -> list[list[int]]:
     """For each query (Q, H), the indices of its k most similar documents (D, H), best first."""
-    scores = queries @ documents.T  # (Q, D)
-    return scores.topk(min(k, len(documents)), dim=-1).indices.tolist()
+    return top_k(queries @ documents.T, k)  # (Q, D) scores
+
+
+def top_k(scores: torch.Tensor, k: int) -> list[list[int]]:
+    """For each row of scores (Q, D), the k best columns, best first."""
+    return scores.topk(min(k, scores.shape[1]), dim=-1).indices.tolist()
+
+
+def mean_cosine(embeddings: torch.Tensor) -> float:
+    """The mean cosine similarity between two different rows of (N, H) embeddings: near 0 when
+    they spread over the space, near 1 when they all point one way (anisotropy)."""
+    if embeddings.dim() != 2 or len(embeddings) < 2:
+        raise ValueError(f"embeddings must be (N, H) with N >= 2, got {tuple(embeddings.shape)}")
+    unit = F.normalize(embeddings.double(), dim=-1)
+    total = unit.sum(0)  # sum over pairs i != j of u_i . u_j = |sum u|^2 - N
+    n = len(unit)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+def fuse_scores(dense: torch.Tensor, lexical: torch.Tensor, weight: float) -> torch.Tensor:
+    """weight * z(dense) + (1 - weight) * z(lexical), each score matrix (Q, D) z-normalised per
+    query (its row's mean 0, standard deviation 1), so that the two scales can be added."""
+    if dense.shape != lexical.shape or dense.dim() != 2:
+        raise ValueError(f"dense {tuple(dense.shape)} and lexical {tuple(lexical.shape)} must "
+                         "both be (queries, documents)")
+    if not 0 <= weight <= 1:
+        raise ValueError(f"weight={weight!r} is invalid: must be in [0, 1]")
+
+    def z(scores):
+        scores = scores.double()
+        return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp(min=1e-12)
+    return weight * z(dense) + (1 - weight) * z(lexical)
+
+
+FUSION_WEIGHTS = tuple(i / 10 for i in range(11))
+
+
+def choose_fusion_weight(dense: torch.Tensor, lexical: torch.Tensor,
+                         metric: Callable[[list[list[int]]], float],
+                         weights: Sequence[float] = FUSION_WEIGHTS) -> tuple[float, dict]:
+    """The weight of `fuse_scores` with the best metric(rankings) on these (validation) queries,
+    the first of the best on a tie; and the metric of every weight tried."""
+    tried = {w: metric(top_k(fuse_scores(dense, lexical, w), 10)) for w in weights}
+    best = max(tried.values())
+    return next(w for w in weights if tried[w] == best), tried
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[Sequence[int]]], k: int = RRF_K,

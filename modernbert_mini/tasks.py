@@ -315,16 +315,30 @@ def bm25_baseline(task: RetrievalTask, k: int = 10) -> dict[str, float]:
 def bm25_rankings(task: RetrievalTask, k: int = 10) -> list[list[int]]:
     """BM25's top k test documents for each test query, best first (as `bm25_baseline` scores
     them; a hybrid retriever fuses them with another ranking)."""
-    bm25s = data.require("bm25s", "bm25_baseline")
-    documents = [" ".join(code_words(p.code)) for p in task.test]
-    queries = [" ".join(code_words(p.query)) for p in task.test]
-    retriever = bm25s.BM25()
-    document_tokens = bm25s.tokenize(documents, stopwords="en", show_progress=False)
-    retriever.index(document_tokens, show_progress=False)
-    query_tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False, return_ids=False)
-    ranked, _ = retriever.retrieve(query_tokens, k=min(k, len(documents)), show_progress=False,
+    retriever, queries = _bm25([p.code for p in task.test], [p.query for p in task.test])
+    ranked, _ = retriever.retrieve(queries, k=min(k, len(task.test)), show_progress=False,
                                    n_threads=1)
     return ranked.tolist()
+
+
+def bm25_scores(queries: Sequence[str], documents: Sequence[str]):
+    """BM25's score of every document for every query: a (Q, D) numpy array, the scores that
+    `bm25_rankings` sorts (for fusing with a dense retriever's scores)."""
+    import numpy as np
+
+    retriever, tokenized = _bm25(documents, queries)
+    return np.stack([retriever.get_scores(words) for words in tokenized])
+
+
+def _bm25(documents: Sequence[str], queries: Sequence[str]):
+    """A bm25s index of the documents' words (`code_words`, English stopwords out), and the
+    queries' words."""
+    bm25s = data.require("bm25s", "bm25_baseline")
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([" ".join(code_words(d)) for d in documents], stopwords="en",
+                                   show_progress=False), show_progress=False)
+    return retriever, bm25s.tokenize([" ".join(code_words(q)) for q in queries], stopwords="en",
+                                     show_progress=False, return_ids=False)
 
 
 # ---------------------------------------------------------------------------------------------
