@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import Attention
 from .config import ModernBertConfig
 from .hub import HubMixin
-from .linear import Linear  # nn.Linear, packed for CPU inference
+from .linear import Linear  # nn.Linear, its weight reordered for CPU inference
 from .mlp import GeGLU
 from .padding import Batch, _shape, pad, unpad
 
