@@ -268,10 +268,21 @@ def init_output(model: nn.Module, config: ModernBertConfig) -> None:
 
 # ----------------------------------------------------------------------------- the models
 class PreTrainedModel(HubMixin, nn.Module):
-    """What every model here shares: loading and saving (hub.py), and where its weights are."""
+    """What every model here shares: loading and saving (hub.py), where its weights are and how
+    many there are."""
 
     def init_package_weights(self) -> None:
         init_weights(self, self.config)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The number of parameters, each counted once (the MLM decoder shares the embedding's), as
+        transformers' `num_parameters`: only_trainable=True counts only those that require a
+        gradient; exclude_embeddings=True leaves out the token embedding, as scaling laws count a
+        model's size."""
+        left_out = ({id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+                    if exclude_embeddings else set())
+        return sum(p.numel() for p in self.parameters()  # parameters() yields a shared one once
+                   if id(p) not in left_out and (p.requires_grad or not only_trainable))
 
     @property
     def device(self) -> torch.device:
