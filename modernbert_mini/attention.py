@@ -23,7 +23,7 @@ from torch import nn
 from .backends import (attend, check_backend_name, eager_attention, make_attention_mask,  # noqa: F401
                        sdpa_attention, sliding_window_mask)
 from .padding import Batch
-from .linear import Linear  # nn.Linear, packed for CPU inference
+from .linear import Linear  # nn.Linear, its weight reordered for CPU inference
 from .rope import apply_rope_
 
 

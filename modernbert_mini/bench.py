@@ -11,8 +11,8 @@ Reported: real tokens per second, the ratio to the reference, the peak memory a 
 (Linux's resident high-water mark, reset before the call, above what was resident then), and model FLOP
 utilisation: the FLOPs the model needs (matrix products, attention inside the window only) per
 second, over this machine's measured peak matrix-product rate in the row's dtype (on the CPU the
-faster of its BLAS and the packed oneDNN path of linear.py, both measured here; on a GPU
-cuBLAS's fp32 without TF32, and its bf16 or fp16 on tensor cores). Each row also keeps the time
+faster of its BLAS and linear.py's oneDNN path with reordered weights, both measured here; on a
+GPU cuBLAS's fp32 without TF32, and its bf16 or fp16 on tensor cores). Each row also keeps the time
 of its implementation's first call (`first_call_seconds`: Triton's or Inductor's compiling,
 cuBLAS's warm-up), apart from the best time.
 
@@ -30,7 +30,7 @@ cut short keeps the cases it finished.
 `--compile` adds rows for our model under torch.compile (Inductor, frozen weights; not for the
 long case). On the 2-core CPU of this project it did not pay: measured 0.85x the reference on
 (a) and 0.80x on (b), against eager's 1.09x and 2.23x in the same run, after 40 s or more of
-compiling (measured before linear.py's packed weights, which eager now uses and a compiled
+compiling (measured before linear.py's reordered weights, which eager now uses and a compiled
 model does not: there Inductor handles the weights itself).
 """
 
@@ -54,7 +54,7 @@ import torch
 from . import backends, runtime
 from .attention import Attention
 from .config import ModernBertConfig
-from .linear import Linear, packing
+from .linear import Linear, reordering
 from .model import ModernBertModel
 
 
@@ -97,16 +97,16 @@ def peak_matmul_flops(size: int = 2048, repeats: int = 5, device="cpu",
                       dtype: torch.dtype = torch.float32) -> dict:
     """This machine's matrix-product rates in `dtype`, FLOP/s (best of a few): the BLAS's (a @ b,
     what the reference's layers get; cuBLAS on a GPU, fp32 without TF32 as PyTorch's default),
-    the packed oneDNN path's (linear.py: what ours get in CPU inference where it pays, on CPUs
-    with AVX-512; measured on any CPU with oneDNN, to compare), and the higher of the two, which
-    the MFU column divides by."""
+    the oneDNN path's with a reordered weight (linear.py: what ours get in CPU inference where it
+    pays, on CPUs with AVX-512; measured on any CPU with oneDNN, to compare), and the higher of the
+    two, which the MFU column divides by."""
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    packed = Linear(size, size, bias=False).to(device=device, dtype=dtype)
+    layer = Linear(size, size, bias=False).to(device=device, dtype=dtype)
     rates = {}
-    with torch.inference_mode(), packing(True):
-        for name, product in (("blas", lambda: a @ b), ("packed", lambda: packed(a))):
-            if name == "packed" and not packed.packs(a):
-                continue  # no packed path here (a GPU, or no oneDNN)
+    with torch.inference_mode(), reordering(True):
+        for name, product in (("blas", lambda: a @ b), ("reordered", lambda: layer(a))):
+            if name == "reordered" and not layer.reorders(a):
+                continue  # no oneDNN path here (a GPU, or no oneDNN)
             product()
             best = math.inf
             for _ in range(repeats):
@@ -179,7 +179,7 @@ def best_times(runs: dict, repeats: int) -> dict:
 
 @contextlib.contextmanager
 def frozen_weights():
-    """Inductor's inference mode: weights become constants, prepacked for the CPU's matmuls."""
+    """Inductor's inference mode: weights become constants, reordered once for the CPU's matmuls."""
     from torch._inductor import config as inductor_config
 
     with inductor_config.patch(freezing=True):
@@ -227,11 +227,11 @@ def gpu_dtypes() -> tuple[torch.dtype, ...]:
 
 
 def with_blas(call):
-    """The same call with linear.Linear's packed weights off: its matrix products through the
+    """The same call with linear.Linear's reordered weights off: its matrix products through the
     BLAS, as the reference's nn.Linear runs them. Against the reference, what is left of the ratio
     is work skipped (padding, masked scores), not a faster matrix library."""
     def run():
-        with packing(False):
+        with reordering(False):
             return call()
     return run
 
@@ -324,11 +324,11 @@ def run(cases=("full", "varlen", "long"), long_layers: int = 6, repeats: int = 3
                              mfu=flops / seconds[name] / rates[impl.dtype]["peak"],
                              max_abs_diff=(outputs[name].last_hidden_state[real].float() - expected)
                              .abs().max().item()))
-        packed = sum(m.weight.numel() * m.weight.element_size() for m in ours.modules()
-                     if isinstance(m, Linear) and m._packed is not None)
-        if packed:
+        reordered = sum(m.weight.numel() * m.weight.element_size() for m in ours.modules()
+                        if isinstance(m, Linear) and m._reordered is not None)
+        if reordered:
             next(r for r in rows if r["case"] == case and r["impl"] == "modernbert_mini")[
-                "packed_weights_mib"] = packed / 2 ** 20
+                "reordered_weights_mib"] = reordered / 2 ** 20
         for row in rows:  # the fp32 rates, as before: the header of bench.md reads them
             row.update({f"{name}_matmul_gflops": rate / 1e9
                         for name, rate in rates[torch.float32].items()})
@@ -348,11 +348,12 @@ def table(rows: list[dict]) -> str:
         f"{r['max_abs_diff']:.1e} |\n" for r in rows)
 
 
-def packed_note(rows: list[dict]) -> str:
-    """The packed weights (linear.py) stay in memory between calls: not in the peak column."""
-    kept = [r for r in rows if r.get("packed_weights_mib")]
-    return "".join(f"\n{r['case']}: {r['impl']} keeps {r['packed_weights_mib']:,.0f} MiB of packed "
-                   "weights between calls (a second copy of its weights), not in the peak column"
+def reordered_note(rows: list[dict]) -> str:
+    """The reordered weights (linear.py) stay in memory between calls: not in the peak column."""
+    kept = [r for r in rows if r.get("reordered_weights_mib")]
+    return "".join(f"\n{r['case']}: {r['impl']} keeps {r['reordered_weights_mib']:,.0f} MiB of "
+                   "reordered weights between calls (a second copy of its weights), not in the "
+                   "peak column"
                    for r in kept) + ("\n" if kept else "")
 
 
@@ -387,10 +388,10 @@ def write(rows: list[dict], out: Path, device: str) -> str:
     text = (f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, peak fp32 "
             f"matmul {first['peak_matmul_gflops']:.0f} GFLOP/s "
             f"(BLAS {first['blas_matmul_gflops']:.0f}"
-            + (f", oneDNN packed {first['packed_matmul_gflops']:.0f}" if "packed_matmul_gflops"
-               in first else "") + ")"
+            + (f", oneDNN, reordered weight {first['reordered_matmul_gflops']:.0f}"
+               if "reordered_matmul_gflops" in first else "") + ")"
             + "".join(f", peak {name} matmul {rate:.0f} GFLOP/s" for name, rate in half)
-            + "\n\n" + table(rows) + packed_note(rows) + first_call_note(rows))
+            + "\n\n" + table(rows) + reordered_note(rows) + first_call_note(rows))
     (out / "bench.md").write_text(text)
     (out / "bench.json").write_text(json.dumps(rows, indent=2))
     plot(rows, out / "bench.png")

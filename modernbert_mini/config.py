@@ -90,8 +90,9 @@ class ModernBertConfig:
     sparse_prediction: bool = False  # MLM head only on positions with a label
     # how attention is computed (see backends.py): one of ATTENTION_BACKENDS
     attention_backend: str = "auto"
-    # a classifier's label names, {0: "negative", 1: "positive"}; None: transformers' defaults
-    # ("LABEL_0", ...) for however many labels the head has. hash=False: a dict is not hashable.
+    # a classifier's label names, {0: "negative", 1: "positive"}: the one source of its num_labels.
+    # None: no names (a classifier built from it names its labels "LABEL_0", ..., transformers'
+    # defaults). hash=False: a dict is not hashable.
     id2label: dict[int, str] | None = field(default=None, hash=False)
     problem_type: str | None = None  # None (from the labels' dtype) or one of PROBLEM_TYPES
     # keys of a transformers config.json this package does not use (transformers_version,

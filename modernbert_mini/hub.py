@@ -221,10 +221,6 @@ class HubMixin:
         checkpoint lacks, with everything else still on the meta device."""
         raise NotImplementedError(f"{type(self).__name__} must say how it is initialised")
 
-    def hf_config_extras(self) -> dict:
-        """Fields besides the ModernBertConfig's that config.json needs (e.g. the labels)."""
-        return {}
-
     @classmethod
     def init_kwargs_from_hf(cls, hf: dict) -> dict:
         """Constructor arguments besides the config, read from config.json (e.g. num_labels)."""
@@ -254,7 +250,6 @@ class HubMixin:
                        **{k: v for k, v in overrides.items() if k not in config_fields}}
         with torch.device("meta"), init_skips_meta():  # shapes only: no memory, no random init
             model = cls(config, **init_kwargs)
-        _check_labels(model)
         state_dict = {key: tensor.to(dtype) if tensor.is_floating_point() else tensor
                       for key, tensor in read_state_dict(directory, device).items()}
         load_hf_state_dict(model, state_dict, strict=strict, assign=True)
@@ -269,25 +264,11 @@ class HubMixin:
         """Write config.json and model.safetensors, as transformers' save_pretrained does."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _check_labels(self)
         dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
-        hf = {**self.hf_config_extras(),  # the model's defaults (LABEL_0 ...), then the config's
-              **self.config.to_hf_dict(self.hf_architecture),
+        hf = {**self.config.to_hf_dict(self.hf_architecture),  # a classifier's labels included
               "dtype": dtype, "torch_dtype": dtype}  # transformers 5 reads dtype, 4.x torch_dtype
         (directory / CONFIG_NAME).write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
         tensors = {key: tensor.detach().cpu().contiguous()
                    for key, tensor in self.state_dict().items() if key not in self.tied_weights}
         save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
         return directory
-
-
-def _check_labels(model: nn.Module) -> None:
-    """A classifier's config must not name more or fewer labels than its classifier has
-    (num_labels=4 on a checkpoint whose id2label names 3: pass id2label= with 4 names, or None)."""
-    num_labels = getattr(model, "num_labels", None)
-    if num_labels is not None and model.config.id2label is not None and \
-            model.config.num_labels != num_labels:
-        raise ValueError(f"{type(model).__name__} has num_labels={num_labels}, but its config's "
-                         f"id2label names {model.config.num_labels} labels, "
-                         f"{list(model.config.id2label.values())}: pass id2label= with "
-                         f"{num_labels} names, or id2label=None for the defaults LABEL_0, ...")

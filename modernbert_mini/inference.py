@@ -9,7 +9,8 @@ What a reader reaches for once the model is built (chapter 8) or fine-tuned (cha
   each [MASK] of the text, its `top_k` tokens with their probabilities.
 - `embed(model, tokenizer, texts)`: one vector per text, the mean of the encoder's last hidden
   states over the text's real tokens (no padding), for retrieval and clustering.
-- `num_parameters(model)`: how big a model is, with or without the token embedding.
+- `num_parameters(model)`: how big a model is, with or without the token embedding (the
+  models' own `num_parameters`, as in transformers).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from .model import ModernBertForMaskedLM, ModernBertModel
+from .model import ModernBertForMaskedLM, ModernBertModel, PreTrainedModel
 from .tokenizer import to_sequences
 
 MASK_TOKEN = "[MASK]"
@@ -169,14 +170,7 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: str | Sequence[str], ba
 
 
 # ----------------------------------------------------------------------------- size
-def num_parameters(model: nn.Module, non_embedding: bool = False) -> int:
-    """The number of parameters, each counted once (the MLM decoder shares the embedding's).
-
-    non_embedding=True leaves out the token embedding, as scaling laws count a model's size
-    (transformers: `num_parameters(exclude_embeddings=True)`).
-    """
-    total = sum(p.numel() for p in model.parameters())  # parameters() yields a shared one once
-    if non_embedding:
-        embeddings = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding)}
-        total -= sum(embeddings.values())
-    return total
+def num_parameters(model: PreTrainedModel, non_embedding: bool = False) -> int:
+    """How big a model is, without the token embedding if non_embedding=True: the method every
+    model class has, as in transformers (`PreTrainedModel.num_parameters`)."""
+    return model.num_parameters(exclude_embeddings=non_embedding)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import Linear  # nn.Linear, packed for CPU inference
+from .linear import Linear  # nn.Linear, its weight reordered for CPU inference
 
 
 class GeGLU(nn.Module):

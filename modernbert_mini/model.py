@@ -22,7 +22,7 @@ No LayerNorm or Linear has a bias except the decoder and the classifiers. A pack
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import Attention
 from .config import ModernBertConfig
 from .hub import HubMixin
-from .linear import Linear  # nn.Linear, packed for CPU inference
+from .linear import Linear  # nn.Linear, its weight reordered for CPU inference
 from .mlp import GeGLU
 from .padding import Batch, _shape, pad, unpad
 
@@ -268,10 +268,21 @@ def init_output(model: nn.Module, config: ModernBertConfig) -> None:
 
 # ----------------------------------------------------------------------------- the models
 class PreTrainedModel(HubMixin, nn.Module):
-    """What every model here shares: loading and saving (hub.py), and where its weights are."""
+    """What every model here shares: loading and saving (hub.py), where its weights are and how
+    many there are."""
 
     def init_package_weights(self) -> None:
         init_weights(self, self.config)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The number of parameters, each counted once (the MLM decoder shares the embedding's), as
+        transformers' `num_parameters`: only_trainable=True counts only those that require a
+        gradient; exclude_embeddings=True leaves out the token embedding, as scaling laws count a
+        model's size."""
+        left_out = ({id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+                    if exclude_embeddings else set())
+        return sum(p.numel() for p in self.parameters()  # parameters() yields a shared one once
+                   if id(p) not in left_out and (p.requires_grad or not only_trainable))
 
     @property
     def device(self) -> torch.device:
@@ -445,41 +456,40 @@ class _Classifier(PreTrainedModel):
     encoder_prefix = "model."
 
     def __init__(self, config: ModernBertConfig, num_labels: int | None = None):
-        """num_labels comes from config.id2label when it names the labels (a num_labels that
-        disagrees is an error); else from here, 2 by default (transformers' LABEL_0, LABEL_1)."""
+        """The labels are the config's: `config.id2label` names them and `num_labels` counts them.
+        A config that names none gets transformers' defaults, LABEL_0 ... for num_labels labels
+        (2 when not given); a num_labels that disagrees with the config's names is an error."""
         super().__init__()
-        if num_labels is None:
-            num_labels = config.num_labels or 2
-        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
+        positive = isinstance(num_labels, int) and not isinstance(num_labels, bool) and num_labels > 0
+        if num_labels is not None and not positive:
             raise ValueError(f"num_labels={num_labels!r} is invalid: must be a positive integer")
-        if config.id2label is not None and config.num_labels != num_labels:
+        if config.id2label is None:
+            config = replace(config, id2label={i: f"LABEL_{i}" for i in range(num_labels or 2)})
+        elif num_labels is not None and num_labels != config.num_labels:
             raise ValueError(f"{type(self).__name__} has num_labels={num_labels}, but its config's "
                              f"id2label names {config.num_labels} labels, "
                              f"{list(config.id2label.values())}: pass id2label= with {num_labels} "
                              "names, or id2label=None for the defaults LABEL_0, ...")
         self.config = config
-        self.num_labels = num_labels
         self.model = ModernBertModel(config)
         self.head = PredictionHead(config)
         self.drop = nn.Dropout(config.classifier_dropout)
-        self.classifier = Linear(config.hidden_size, num_labels, bias=True)
+        self.classifier = Linear(config.hidden_size, self.num_labels, bias=True)
         init_weights(self.head, config)
         init_output(self, config)
+
+    @property
+    def num_labels(self) -> int:
+        """How many labels the classifier scores: as many as its config names."""
+        return self.config.num_labels
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., num_labels)
         return self.classifier(self.drop(self.head(x)))
 
-    def hf_config_extras(self) -> dict:
-        """transformers' default names, LABEL_0 ..., when the config names no labels (when it does,
-        its own to_hf_dict writes them): config.json always says what the classifier's rows are."""
-        if self.config.id2label is not None:
-            return {}
-        labels = {i: f"LABEL_{i}" for i in range(self.num_labels)}
-        return {"id2label": {str(i): name for i, name in labels.items()},
-                "label2id": {name: i for i, name in labels.items()}}
-
     @classmethod
     def init_kwargs_from_hf(cls, hf: dict) -> dict:
+        """num_labels from config.json: how many labels its id2label names (the config reads
+        transformers' default names LABEL_0 ... as no names), or its num_labels."""
         if "id2label" in hf:
             return {"num_labels": len(hf["id2label"])}
         return {"num_labels": hf["num_labels"]} if "num_labels" in hf else {}

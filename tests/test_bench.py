@@ -86,11 +86,11 @@ def test_on_a_gpu_eager_stands_beside_every_fast_backend(monkeypatch):
                 assert str(impls[name].dtype) == f"torch.{dtype}"
 
 
-def test_the_blas_row_runs_without_packed_weights():
+def test_the_blas_row_runs_without_reordered_weights():
     """The second column of the comparison: ours with every product through the BLAS, as the
     reference's, whatever this CPU's default."""
     from modernbert_mini import linear
     layer, x = linear.Linear(768, 768, bias=False), torch.ones(4096, 768)
-    with torch.no_grad(), linear.packing(True):
-        assert bench.with_blas(lambda: layer.packs(x))() is False
-        assert layer.packs(x) is linear.ONEDNN  # packed outside it
+    with torch.no_grad(), linear.reordering(True):
+        assert bench.with_blas(lambda: layer.reorders(x))() is False
+        assert layer.reorders(x) is linear.ONEDNN  # reordered outside it

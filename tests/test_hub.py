@@ -56,7 +56,10 @@ def test_transformers_checkpoint_loads_into_ours(class_name, tmp_path):
     ref = saved_reference(class_name, tmp_path)
     ours = getattr(mm, class_name).from_pretrained(tmp_path)
     assert not ours.training
-    assert ours.config == mm.ModernBertConfig.from_hf_dict(ref.config.to_dict())
+    expected = mm.ModernBertConfig.from_hf_dict(ref.config.to_dict())
+    if "Classification" in class_name:  # a classifier's config names its labels: transformers' defaults
+        expected = replace(expected, id2label=ref.config.id2label)
+    assert ours.config == expected
     assert compare(ours, ref) < TOL
 
 
@@ -385,7 +388,7 @@ def test_labels_and_problem_type_transformers_to_ours_and_back(tmp_path):
 def test_default_label_names_come_back_as_the_defaults(tmp_path):
     saved_reference("ModernBertForSequenceClassification", tmp_path)  # LABEL_0 .. LABEL_2
     ours = mm.ModernBertForSequenceClassification.from_pretrained(tmp_path)
-    assert ours.config.id2label is None and ours.num_labels == 3
+    assert ours.config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"} and ours.num_labels == 3
     ours.save_pretrained(tmp_path / "ours")
     hf = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert hf["id2label"] == {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}
@@ -406,7 +409,30 @@ def test_labels_that_disagree_with_the_head(tmp_path):
         mm.ModernBertForSequenceClassification(config, num_labels=2)  # one source: the config
     named = mm.ModernBertForSequenceClassification(config)
     assert named.num_labels == 3  # derived from it
-    assert named.hf_config_extras() == {}  # its names are the config's to write, whatever the order
+
+
+@pytest.mark.parametrize("class_name", ["ModernBertForSequenceClassification",
+                                        "ModernBertForTokenClassification"])
+def test_num_labels_is_what_the_config_names(class_name, tmp_path):
+    """One source of truth: however a classifier is made, its config names exactly as many labels
+    as its classifier has rows, and config.json carries them to transformers."""
+    cls = getattr(mm, class_name)
+    named = replace(CONFIG, id2label=LABELS)
+    made = [cls(CONFIG), cls(CONFIG, num_labels=4), cls(named), cls(named, num_labels=3)]
+    assert made[0].config.id2label == tf.ModernBertConfig().id2label  # transformers' two defaults
+    assert made[1].config.id2label == {i: f"LABEL_{i}" for i in range(4)}
+    assert made[2].config.id2label == made[3].config.id2label == LABELS
+    for model in made:
+        assert model.num_labels == model.config.num_labels == model.classifier.out_features
+    with pytest.raises(ValueError, match=r"num_labels=4, but its config's id2label names 3 labels"):
+        cls(named, num_labels=4)
+    with pytest.raises(AttributeError):
+        made[1].num_labels = 3  # read from the config, never set apart from it
+    made[1].save_pretrained(tmp_path)
+    theirs = getattr(tf, class_name).from_pretrained(tmp_path)
+    assert theirs.num_labels == 4 and theirs.config.id2label == made[1].config.id2label
+    assert mm.ModernBertConfig.from_pretrained(tmp_path).id2label is None  # the defaults, unnamed
+    assert getattr(mm, class_name).from_pretrained(tmp_path).config == made[1].config
 
 
 def test_unknown_config_keys_are_kept_and_written_back(tmp_path):

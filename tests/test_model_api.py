@@ -186,3 +186,23 @@ def test_half_precision_weights_stay_close_to_the_reference(dtype):
     with torch.no_grad():
         r, o = ref.to(dtype)(ids, attention_mask=mask).logits, ours.to(dtype)(ids, mask).logits
     assert o.dtype == dtype and max_abs_diff(o, r, mask) < LOW_PRECISION_TOL[dtype]
+
+
+@pytest.mark.parametrize("class_name", ["ModernBertModel", "ModernBertForMaskedLM",
+                                        "ModernBertForSequenceClassification",
+                                        "ModernBertForTokenClassification"])
+def test_num_parameters_equals_the_reference(class_name):
+    """model.num_parameters(only_trainable, exclude_embeddings) as transformers counts them (the
+    MLM decoder tied to the embedding counted once), with part of each model frozen alike."""
+    extra = {"num_labels": 3} if "Classification" in class_name else {}
+    ref = reference(class_name, CONFIG, **extra)
+    ours = ours_like(getattr(mm, class_name), ref, CONFIG, **extra)
+    for model in (ref, ours):
+        for name, p in model.named_parameters():
+            p.requires_grad_(".layers.1." not in f".{name}" and "final_norm" not in name)
+    assert ours.num_parameters() > ours.num_parameters(only_trainable=True)  # something frozen
+    for only_trainable in (False, True):
+        for exclude_embeddings in (False, True):
+            assert ours.num_parameters(only_trainable, exclude_embeddings) == \
+                   ref.num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+    assert mm.num_parameters(ours, non_embedding=True) == ours.num_parameters(exclude_embeddings=True)
