@@ -21,7 +21,8 @@ from .train import LOG_FILE, PLOT_FILE, TrainConfig, validation_batches
 PRETRAINED_DIR = Path(__file__).parent / "assets" / "mini"  # `make mini-checkpoint` writes it
 EXPORTED_LOG = ("train_config", "parameters", "train_tokens", "eval_tokens", "device", "steps",
                 "tokens_seen", "train_seconds", "tokens_per_second", "unigram_baseline",
-                "fill_mask_before", "fill_mask_after", "history")
+                "fill_mask_before", "fill_mask_after", "history", "position_loss_before",
+                "position_loss", "init_from_run")
 
 
 def validate(directory: str | Path) -> dict:
@@ -51,7 +52,7 @@ def export(run_dir: str | Path, dest: str | Path = PRETRAINED_DIR,
     ModernBertForMaskedLM.from_pretrained(run_dir).to(dtype).save_pretrained(dest)
     save_tokenizer(load_tokenizer(run_dir), dest)
     shutil.copy(run_dir / PLOT_FILE, dest / PLOT_FILE)
-    small = {key: log[key] for key in EXPORTED_LOG}
+    small = {key: log[key] for key in EXPORTED_LOG if key in log}
     small["validation_of_the_run"] = log["final_eval"]  # before the cast
     small["python"] = list(sys.version_info[:2])  # the corpus follows the Python it is read from
     (dest / LOG_FILE).write_text(json.dumps(small, indent=1) + "\n")  # validate reads its settings

@@ -71,9 +71,12 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
-def is_heldout(path: str) -> bool:
-    """True for the fixed ~20% of stdlib files (or pydoc topics) that training never sees."""
-    return stable_hash(path) % 100 < HELDOUT_PERCENT
+def is_heldout(path: str, *, salt: str = "", percent: int = HELDOUT_PERCENT) -> bool:
+    """True for the fixed ~20% of stdlib files (or pydoc topics) that training never sees.
+
+    With a salt, another fixed choice of `percent`% of the files, independent of the first
+    (fine-tuning's validation files are salt "validation:" within the training split)."""
+    return stable_hash(salt + path) % 100 < percent
 
 
 def default_cache_dir() -> Path:

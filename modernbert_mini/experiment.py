@@ -16,22 +16,27 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
+import torch
+from torch import nn
+
 from . import cli, data, tasks
-from .finetune import (BiEncoder, FinetuneConfig, embed_texts, load_checkpoint_tokenizer,
-                       load_encoder_checkpoint, predict, rank, reciprocal_rank_fusion,
-                       train_biencoder, train_classifier)
+from . import reference as reference_module
+from .finetune import (BiEncoder, FinetuneConfig, choose_fusion_weight, embed_texts, fuse_scores,
+                       load_checkpoint_tokenizer, load_encoder_checkpoint, mean_cosine, predict,
+                       reciprocal_rank_fusion, top_k, train_biencoder, train_classifier)
 from .model import ModernBertForSequenceClassification
 from .tokenizer import load_tokenizer, to_sequences
 
 BASE_MODEL = "answerdotai/ModernBERT-base"
 FUSION_DEPTH = 100  # how deep each ranking goes into the fusion
-VALIDATION_FRACTION = 0.15  # of the training files, with --validation
+VALIDATION_PERCENT = 8  # of the training files (about 15% of the examples): where settings are chosen
+CURVE_MIN_STEPS = 100  # a learning-curve run trains for at least this many steps
 MAX_TRAIN = 1500  # training examples per task by default (a quick run; `make finetune` uses all)
 GLUE_TEXTS = {  # task -> its text field(s)
     "cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
@@ -42,32 +47,35 @@ GLUE_TEXTS = {  # task -> its text field(s)
 
 
 # ----------------------------------------------------------------------------- the data
-def holdout_validation(examples: Sequence, fraction: float = VALIDATION_FRACTION) -> tuple[list, list]:
-    """Split training examples by file (a stable hash of the path): (train, validation).
-    Hyperparameters are chosen on the validation part, never on the test split."""
-    def held(e):
-        return data.stable_hash("validation:" + e.path) % 1000 < fraction * 1000
-    return [e for e in examples if not held(e)], [e for e in examples if held(e)]
+def holdout_validation(examples: Sequence, percent: int = VALIDATION_PERCENT) -> tuple[list, list]:
+    """Split training examples by file, with the corpus's rule and its own salt
+    (`data.is_heldout(path, salt="validation:")`): (train, validation). Settings are chosen on
+    the validation part, never on the test split."""
+    held = [data.is_heldout(e.path, salt="validation:", percent=percent) for e in examples]
+    return ([e for e, h in zip(examples, held) if not h], [e for e, h in zip(examples, held) if h])
 
 
 def finetuning_data(tokenizer: Tokenizer, max_len: int, validation: bool = False,
                     retrieval_max_len: int | None = None,
                     ) -> tuple[tasks.ClassificationTask, tasks.RetrievalTask]:
-    """The two offline tasks as the experiment uses them: train on .train, score on .test.
+    """The two offline tasks as the experiment uses them: train on .train, choose on
+    .validation, score on .test.
 
-    The test split is the task's own (the baselines score the same examples); from .train go the
-    examples the model would see exactly as a scored one (`drop_overlap`). validation=True: .train
-    is the training split minus some of its files and .test those files (`holdout_validation`),
-    so the real test split is not looked at.
+    .validation is some of the training split's files (`holdout_validation`), .train the rest;
+    .test is the task's own test split (the baselines score the same examples), and from .train
+    go the examples the model would see exactly as a scored one (`drop_overlap`).
+    validation=True scores on .validation instead (.test is then those files), so that the real
+    test split is not looked at while choosing.
     """
-    classification, search = tasks.package_classification(), tasks.code_search()
-    if validation:
-        train, held = holdout_validation(classification.train)
-        classification = replace(classification, train=tuple(train), test=tuple(held))
-        train, held = holdout_validation(search.train)
-        search = replace(search, train=tuple(train), test=tuple(held))
-    return (drop_overlap(classification, tokenizer, max_len),
-            drop_overlap(search, tokenizer, retrieval_max_len or max_len))
+    out = []
+    for task, cut in ((tasks.package_classification(), max_len),
+                      (tasks.code_search(), retrieval_max_len or max_len)):
+        train, held = holdout_validation(task.train)
+        task = replace(task, train=tuple(train), validation=tuple(held))
+        if validation:
+            task = replace(task, test=tuple(held))
+        out.append(drop_overlap(task, tokenizer, cut))
+    return out[0], out[1]
 
 
 def example_texts(example: tasks.LabelledText | tasks.SearchPair) -> list[str]:
@@ -89,12 +97,13 @@ def drop_overlap(task, tokenizer: Tokenizer, max_len: int):
     return replace(task, train=tuple(kept))
 
 
-def run_classification(task: tasks.ClassificationTask, checkpoint: str | Path, init: str,
-                       cfg: FinetuneConfig, tokenizer: Tokenizer, **overrides) -> dict:
-    """Fine-tune on task.train, score on task.test: accuracy, macro-F1, seconds."""
+# ----------------------------------------------------------------------------- one model, one task
+def run_classification(task: tasks.ClassificationTask, make_model: Callable[[int], nn.Module],
+                       cfg: FinetuneConfig, tokenizer: Tokenizer) -> dict:
+    """Fine-tune make_model(cfg.seed) on task.train, score on task.test: accuracy, macro-F1,
+    seconds."""
     start, cpu = time.perf_counter(), time.process_time()
-    model = load_encoder_checkpoint(checkpoint, init, num_labels=len(task.labels), seed=cfg.seed,
-                                    **overrides)
+    model = make_model(cfg.seed)
     train_classifier(model, tokenizer, [e.text for e in task.train], [e.label for e in task.train],
                      cfg)
     predicted = predict(model, tokenizer, [e.text for e in task.test], cfg.max_len).argmax(-1)
@@ -102,26 +111,57 @@ def run_classification(task: tasks.ClassificationTask, checkpoint: str | Path, i
     return {**scores, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
 
 
-def run_retrieval(task: tasks.RetrievalTask, checkpoint: str | Path, init: str,
-                  cfg: FinetuneConfig, tokenizer: Tokenizer, bm25: list[list[int]] | None = None,
-                  **overrides) -> dict:
-    """Fine-tune the bi-encoder on task.train, score on task.test; with BM25's rankings of the
-    test queries, the hybrid (RRF) too, under "hybrid"."""
+def dense_scores(model: BiEncoder, tokenizer: Tokenizer, pairs: Sequence[tasks.SearchPair],
+                 max_len: int) -> tuple[torch.Tensor, float]:
+    """The cosine of every query with every document (Q, D), and the documents' mean cosine."""
+    queries = embed_texts(model, tokenizer, [p.query for p in pairs], max_len)
+    documents = embed_texts(model, tokenizer, [p.code for p in pairs], max_len)
+    return queries @ documents.T, mean_cosine(documents)
+
+
+def metrics_of(scores: torch.Tensor) -> dict:
+    return tasks.retrieval_metrics(top_k(scores, FUSION_DEPTH))
+
+
+def run_retrieval(task: tasks.RetrievalTask, make_encoder: Callable[[int], nn.Module],
+                  cfg: FinetuneConfig, tokenizer: Tokenizer, bm25: dict | None = None) -> dict:
+    """The bi-encoder of make_encoder(cfg.seed) on task.test before fine-tuning ("zero_shot",
+    with the documents' mean cosine), fine-tuned on task.train and scored again (the metrics,
+    "mean_cosine"); with BM25's score matrices bm25={"test", "validation"}, the hybrids too:
+    score fusion with the weight that is best on task.validation ("fused"), and RRF ("rrf")."""
     start, cpu = time.perf_counter(), time.process_time()
-    model = BiEncoder(load_encoder_checkpoint(checkpoint, init, num_labels=None, seed=cfg.seed,
-                                              **overrides))
+    model = BiEncoder(make_encoder(cfg.seed))
+    before, cosine_before = dense_scores(model, tokenizer, task.test, cfg.max_len)
     train_biencoder(model, tokenizer, [p.query for p in task.train], [p.code for p in task.train],
                     cfg)
-    queries = embed_texts(model, tokenizer, [p.query for p in task.test], cfg.max_len)
-    documents = embed_texts(model, tokenizer, [p.code for p in task.test], cfg.max_len)
-    dense = rank(queries, documents, FUSION_DEPTH)
-    out = {**tasks.retrieval_metrics(dense), "seconds": time.perf_counter() - start,
-           "cpu_seconds": time.process_time() - cpu}
+    after, cosine_after = dense_scores(model, tokenizer, task.test, cfg.max_len)
+    out = {**metrics_of(after), "mean_cosine": cosine_after,
+           "zero_shot": {**metrics_of(before), "mean_cosine": cosine_before}}
     if bm25 is not None:
-        out["hybrid"] = tasks.retrieval_metrics(reciprocal_rank_fusion([dense, bm25]))
+        on_validation, _ = dense_scores(model, tokenizer, task.validation, cfg.max_len)
+        weight, tried = choose_fusion_weight(
+            on_validation, bm25["validation"], lambda ranked: tasks.retrieval_metrics(ranked)["mrr@10"])
+        out["fused"] = {**metrics_of(fuse_scores(after, bm25["test"], weight)), "weight": weight,
+                        "validation_mrr@10": tried}
+        out["rrf"] = tasks.retrieval_metrics(reciprocal_rank_fusion(
+            [top_k(after, FUSION_DEPTH), top_k(bm25["test"], FUSION_DEPTH)]))
+    out.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
     return out
 
 
+def mini_classifier(checkpoint, init: str, num_labels: int, **overrides):
+    """make_model for the mini model: pooled by the mean of its tokens (ModernBERT's released
+    fine-tuning configs pool with "mean"; MLM never trains [CLS]'s output)."""
+    return lambda seed: load_encoder_checkpoint(checkpoint, init, num_labels=num_labels, seed=seed,
+                                                **{"classifier_pooling": "mean", **overrides})
+
+
+def mini_encoder(checkpoint, init: str, **overrides):
+    return lambda seed: load_encoder_checkpoint(checkpoint, init, num_labels=None, seed=seed,
+                                                **overrides)
+
+
+# ----------------------------------------------------------------------------- tables, plots
 def mean_and_spread(runs: Sequence[dict]) -> dict[str, tuple[float, float]]:
     """metric -> (mean, sample standard deviation) over runs (0 spread for a single run)."""
     keys = [k for k, v in runs[0].items() if isinstance(v, float)]
@@ -130,19 +170,20 @@ def mean_and_spread(runs: Sequence[dict]) -> dict[str, tuple[float, float]]:
 
 
 COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("mrr@10", "MRR@10"),
-           ("ndcg@10", "nDCG@10"), ("recall@10", "recall@10"))
+           ("ndcg@10", "nDCG@10"), ("recall@10", "recall@10"), ("mean_cosine", "mean cosine"))
 
 
-def markdown_table(rows: dict[str, dict[str, tuple[float, float | None]]]) -> str:
+def markdown_table(rows: dict[str, dict[str, tuple[float, float | None]]],
+                   columns: Sequence[tuple[str, str]] = COLUMNS, first: str = "model") -> str:
     """One row per model, one column per metric: "0.625" or "0.612 ± 0.010", "—" where none."""
     def cell(value):
         if value is None:
             return "—"
         mean, spread = value
         return f"{mean:.3f}" if spread is None else f"{mean:.3f} ± {spread:.3f}"
-    lines = ["| model | " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
-    lines += [f"| {name} | " + " | ".join(cell(scores.get(key)) for key, _ in COLUMNS) + " |"
+    lines = [f"| {first} | " + " | ".join(title for _, title in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    lines += [f"| {name} | " + " | ".join(cell(scores.get(key)) for key, _ in columns) + " |"
               for name, scores in rows.items()]
     return "\n".join(lines)
 
@@ -151,76 +192,130 @@ def bar_plot(rows: dict[str, dict[str, tuple[float, float | None]]], path: Path)
     """Grouped bars: a group per metric, a bar per model that has it, spread as error bars."""
     from .viz import file_figure
 
-    fig = file_figure(figsize=(10, 4.5))
+    columns = COLUMNS[:5]
+    fig = file_figure(figsize=(11, 5))
     ax = fig.subplots()
     width = 0.8 / len(rows)
     for i, (name, scores) in enumerate(rows.items()):
-        xs = [j for j, (key, _) in enumerate(COLUMNS) if key in scores]
-        means = [scores[COLUMNS[j][0]][0] for j in xs]
-        spreads = [scores[COLUMNS[j][0]][1] or 0.0 for j in xs]
+        xs = [j for j, (key, _) in enumerate(columns) if key in scores]
+        means = [scores[columns[j][0]][0] for j in xs]
+        spreads = [scores[columns[j][0]][1] or 0.0 for j in xs]
         ax.bar([x + (i - (len(rows) - 1) / 2) * width for x in xs], means, width,
                yerr=spreads if any(spreads) else None, capsize=3, label=name)
-    ax.set_xticks(range(len(COLUMNS)), [title for _, title in COLUMNS])
+    ax.set_xticks(range(len(columns)), [title for _, title in columns])
     ax.set_ylim(0, 1)
     ax.set_ylabel("score on the held-out test split")
     ax.set_title("package classification (accuracy, macro-F1) and code search (MRR, nDCG, recall)")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def curve_plot(curve: dict[str, dict[int, tuple[float, float]]], path: Path) -> None:
+    """Test accuracy against the number of labelled training examples, one line per model."""
+    from .viz import file_figure
+
+    fig = file_figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for name, points in curve.items():
+        sizes = sorted(points)
+        ax.errorbar(sizes, [points[n][0] for n in sizes], yerr=[points[n][1] for n in sizes],
+                    marker="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training examples")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title("package classification: what pretraining buys with few labels")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# ----------------------------------------------------------------------------- the experiment
+PRETRAINED, RANDOM = "mini, pretrained, fine-tuned", "mini, random init, fine-tuned"
+ZERO_SHOT = "mini, pretrained, zero-shot (no fine-tuning)"
+FUSED, RRF = ("hybrid: pretrained bi-encoder + BM25, score fusion (weight on validation)",
+              "hybrid: pretrained bi-encoder + BM25, RRF")
+TFIDF = "TF-IDF + logistic regression"
+
+
 def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = (0, 1, 2),
             cfg: FinetuneConfig = FinetuneConfig(), retrieval_cfg: FinetuneConfig | None = None,
-            validation: bool = False, max_train: int | None = MAX_TRAIN, **overrides) -> str:
-    """The table of `make finetune`: baselines, pretrained and random-init fine-tuned (mean ±
-    std over seeds), the hybrid. Writes results.md, results.json and results.png to out_dir.
+            validation: bool = False, max_train: int | None = MAX_TRAIN,
+            curve: Sequence[int] = (), curve_min_steps: int = CURVE_MIN_STEPS,
+            reference: bool = False, **overrides) -> str:
+    """The tables of `make finetune`. Writes results.md, results.json, results.png (and, with
+    a learning curve, curve.png) to out_dir; returns results.md's text.
 
-    max_train: fine-tune on at most this many training examples per task (a fixed choice, the
-    same for every row; the baselines use the whole training split), for quick runs; None:
-    all of them (`make finetune`). validation=True scores on a held-out
-    part of the training split instead of the test split (for choosing hyperparameters).
+    - baselines (TF-IDF + logistic regression, BM25), trained on the same training files;
+    - the checkpoint fine-tuned and the same architecture from random init, mean ± std over
+      seeds; the pretrained bi-encoder before fine-tuning (zero-shot); the hybrids (score
+      fusion, its weight chosen on the validation files; RRF); the documents' mean cosine;
+    - curve: classification with this many labelled examples (a fixed sample per seed, the same
+      for every model: pretrained, random init, TF-IDF), at least curve_min_steps steps each;
+    - reference: all-MiniLM-L6-v2 (`reference.py`), zero-shot, then fine-tuned (first seed).
+
+    max_train: fine-tune on at most this many training examples per task (None: all).
+    validation=True scores on the validation files instead of the test split (for choosing).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     retrieval_cfg = retrieval_cfg or cfg
     tokenizer = load_checkpoint_tokenizer(checkpoint)
     classification, search = finetuning_data(tokenizer, cfg.max_len, validation, retrieval_cfg.max_len)
-    baseline_classification, baseline_search = classification, search
+    baseline_classification = classification
     if max_train is not None:
         classification, search = (replace(t, train=tuple(tasks.fixed_sample(list(t.train), max_train)))
-                                   for t in (classification, search))
+                                  for t in (classification, search))
     split = "validation" if validation else "test"
-    print(f"package classification: {len(classification.train)} train, {len(classification.test)} "
-          f"{split}, {len(classification.labels)} classes; code search: {len(search.train)} train, "
-          f"{len(search.test)} {split} pairs", flush=True)
+    print(f"package classification: {len(classification.train)} train, "
+          f"{len(classification.validation)} validation, {len(classification.test)} {split}, "
+          f"{len(classification.labels)} classes; code search: {len(search.train)} train, "
+          f"{len(search.validation)} validation, {len(search.test)} {split} pairs", flush=True)
 
     rows: dict[str, dict] = {}
     log: dict = {"checkpoint": str(checkpoint), "split": split, "seeds": list(seeds),
                  "classification_config": asdict(cfg), "retrieval_config": asdict(retrieval_cfg)}
     tfidf = tasks.tfidf_logreg_baseline(baseline_classification)
-    bm25_scores = tasks.bm25_baseline(baseline_search)
-    bm25 = tasks.bm25_rankings(search, FUSION_DEPTH)
-    rows["TF-IDF + logistic regression"] = {k: (v, None) for k, v in tfidf.items()}
+    bm25_scores = tasks.bm25_baseline(search)
+    bm25 = {name: torch.from_numpy(tasks.bm25_scores([p.query for p in pairs], [p.code for p in pairs]))
+            for name, pairs in (("test", search.test), ("validation", search.validation))}
+    rows[TFIDF] = {k: (v, None) for k, v in tfidf.items()}
     rows["BM25"] = {k: (v, None) for k, v in bm25_scores.items()}
     log["baselines"] = {"tfidf_logreg": tfidf, "bm25": bm25_scores}
-    hybrid_runs = []
-    for init, name in (("pretrained", "mini, pretrained, fine-tuned"),
-                       ("random", "mini, random init, fine-tuned")):
+    n_labels = len(classification.labels)
+    for init, name in (("pretrained", PRETRAINED), ("random", RANDOM)):
         runs_c, runs_r = [], []
         for seed in seeds:
-            runs_c.append(run_classification(classification, checkpoint, init,
-                                             replace(cfg, seed=seed), tokenizer, **overrides))
+            runs_c.append(run_classification(classification, mini_classifier(
+                checkpoint, init, n_labels, **overrides), replace(cfg, seed=seed), tokenizer))
             print(f"{name}, seed {seed}: classification {_brief(runs_c[-1])}", flush=True)
-            result = run_retrieval(search, checkpoint, init, replace(retrieval_cfg, seed=seed),
-                                   tokenizer, bm25 if init == "pretrained" else None, **overrides)
-            if init == "pretrained":
-                hybrid_runs.append(result.pop("hybrid"))
-            runs_r.append(result)
+            runs_r.append(run_retrieval(search, mini_encoder(checkpoint, init, **overrides),
+                                        replace(retrieval_cfg, seed=seed), tokenizer,
+                                        bm25 if init == "pretrained" else None))
             print(f"{name}, seed {seed}: code search {_brief(runs_r[-1])}", flush=True)
         rows[name] = {**mean_and_spread(runs_c), **mean_and_spread(runs_r)}
         log[init] = {"classification": runs_c, "retrieval": runs_r}
-    rows["hybrid: pretrained bi-encoder + BM25 (RRF)"] = mean_and_spread(hybrid_runs)
-    log["hybrid"] = hybrid_runs
+    pretrained_runs = log["pretrained"]["retrieval"]
+    rows[ZERO_SHOT] = mean_and_spread([r["zero_shot"] for r in pretrained_runs])
+    rows[FUSED] = mean_and_spread([r["fused"] for r in pretrained_runs])
+    rows[RRF] = mean_and_spread([r["rrf"] for r in pretrained_runs])
+    rows[FUSED].pop("weight")
+    log["random_init_zero_shot"] = mean_and_spread([r["zero_shot"] for r in log["random"]["retrieval"]])
+
+    if reference:
+        rows.update(reference_rows(classification, search, cfg, retrieval_cfg, seeds[0], log))
+    curve_rows = learning_curve(classification, checkpoint, cfg, tokenizer, seeds, curve,
+                                curve_min_steps, log, **overrides) if curve else {}
+    if curve_rows:  # and the full training set: the rows above
+        everything = len(classification.train)
+        for name in (PRETRAINED, RANDOM):
+            curve_rows[name][everything] = rows[name]["accuracy"]
+        if len(baseline_classification.train) == everything:
+            curve_rows[TFIDF][everything] = (tfidf["accuracy"], 0.0)
+        curve_plot(curve_rows, out_dir / "curve.png")
+        log["curve"] = {name: {str(n): v for n, v in points.items()} for name, points in curve_rows.items()}
+
     timing = "; ".join(
         f"{init}: classification {statistics.fmean(r['seconds'] for r in log[init]['classification']):.0f} s"
         f" ({statistics.fmean(r['cpu_seconds'] for r in log[init]['classification']):.0f} CPU s), "
@@ -228,20 +323,70 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
         f" ({statistics.fmean(r['cpu_seconds'] for r in log[init]['retrieval']):.0f} CPU s)"
         for init in ("pretrained", "random"))
     for scores in rows.values():
-        scores.pop("seconds", None)
-        scores.pop("cpu_seconds", None)
-        scores.pop("recall@1", None)
+        for key in ("seconds", "cpu_seconds", "recall@1"):
+            scores.pop(key, None)
 
-    table = markdown_table(rows)
-    note = (f"Scores on the held-out {split} split; trained rows: mean ± standard deviation over "
-            f"{len(seeds)} seeds, fine-tuned on {len(classification.train)} classification and "
-            f"{len(search.train)} search training examples (the baselines: all "
-            f"{len(baseline_classification.train)} and {len(baseline_search.train)}). "
-            f"Checkpoint: {checkpoint}. Mean time per seed, wall (CPU): {timing}.")
-    (out_dir / "results.md").write_text(table + "\n\n" + note + "\n")
+    text = markdown_table(rows)
+    weights = [r["fused"]["weight"] for r in pretrained_runs]
+    text += (f"\n\nScores on the held-out {split} split; trained rows: mean ± standard deviation "
+             f"over {len(seeds)} seeds, fine-tuned on {len(classification.train)} classification "
+             f"and {len(search.train)} search training examples (the baselines: the same "
+             f"training files). Mean cosine: between the test documents' embeddings. Score "
+             f"fusion weights of the bi-encoder, chosen on {len(search.validation)} validation "
+             f"pairs: {weights}. Checkpoint: {checkpoint}. Mean time per seed, wall (CPU): {timing}.")
+    if curve_rows:
+        sizes = sorted({n for points in curve_rows.values() for n in points})
+        text += "\n\nLearning curve, classification accuracy:\n\n" + markdown_table(
+            curve_rows, [(n, str(n)) for n in sizes], first="labelled examples")
+    (out_dir / "results.md").write_text(text + "\n")
     (out_dir / "results.json").write_text(json.dumps(log, indent=2) + "\n")
     bar_plot(rows, out_dir / "results.png")
-    return table + "\n\n" + note
+    return text
+
+
+def learning_curve(classification: tasks.ClassificationTask, checkpoint, cfg: FinetuneConfig,
+                   tokenizer: Tokenizer, seeds: Sequence[int], sizes: Sequence[int],
+                   min_steps: int, log: dict, **overrides) -> dict[str, dict[int, tuple]]:
+    """Accuracy with n labelled examples, for each n in sizes: per seed, one fixed sample of the
+    training examples, on which the pretrained and the random-init model are fine-tuned and
+    TF-IDF + logistic regression trained. {model: {n: (mean, std)}}."""
+    runs: dict[str, dict[int, list]] = {PRETRAINED: {}, RANDOM: {}, TFIDF: {}}
+    for n in sizes:
+        for seed in seeds:
+            subset = replace(classification, train=tuple(tasks.fixed_sample(
+                list(classification.train), n, salt=f"curve {seed}:")))
+            runs[TFIDF].setdefault(n, []).append(tasks.tfidf_logreg_baseline(subset))
+            for init, name in (("pretrained", PRETRAINED), ("random", RANDOM)):
+                result = run_classification(subset, mini_classifier(
+                    checkpoint, init, len(classification.labels), **overrides),
+                    replace(cfg, seed=seed, min_steps=min_steps), tokenizer)
+                runs[name].setdefault(n, []).append(result)
+            print(f"learning curve, {n} examples, seed {seed}: " + ", ".join(
+                f"{name.split(',')[0 if name == TFIDF else 1].strip()} {runs[name][n][-1]['accuracy']:.3f}"
+                for name in runs), flush=True)
+    log["curve_runs"] = {name: {str(n): r for n, r in per.items()} for name, per in runs.items()}
+    return {name: {n: mean_and_spread(r)["accuracy"] for n, r in per.items()}
+            for name, per in runs.items()}
+
+
+def reference_rows(classification: tasks.ClassificationTask, search: tasks.RetrievalTask,
+                   cfg: FinetuneConfig, retrieval_cfg: FinetuneConfig, seed: int, log: dict) -> dict:
+    """all-MiniLM-L6-v2: zero-shot retrieval, then fine-tuned on both tasks (one seed) with the
+    same settings and code as the mini model, its own tokenizer."""
+    if reference_module.minilm_dir() is None:
+        raise FileNotFoundError(f"the reference row needs {reference_module.NAME}: "
+                                f"{reference_module.INSTALL} (make finetune installs it)")
+    _, tokenizer = reference_module.load_minilm()
+    c = run_classification(classification, lambda s: reference_module.MeanPoolClassifier(
+        reference_module.load_minilm()[0], len(classification.labels), s),
+        replace(cfg, seed=seed), tokenizer)
+    r = run_retrieval(search, lambda s: reference_module.load_minilm()[0],
+                      replace(retrieval_cfg, seed=seed), tokenizer)
+    print(f"{reference_module.NAME}: classification {_brief(c)}; code search {_brief(r)}", flush=True)
+    log["reference"] = {"model": reference_module.NAME, "classification": c, "retrieval": r}
+    name = reference_module.NAME
+    return {f"{name} (22.7M parameters), zero-shot": mean_and_spread([r["zero_shot"]]),
+            f"{name}, fine-tuned (seed {seed})": {**mean_and_spread([c]), **mean_and_spread([r])}}
 
 
 def _brief(result: dict) -> str:
@@ -326,6 +471,12 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_fields(parser, FinetuneConfig, skip=("seed",), unset=True)  # unset: the task's default
     parser.add_argument("--retrieval-epochs", type=int, default=None,
                         help="epochs for the bi-encoder (default: --epochs)")
+    parser.add_argument("--curve", type=int, nargs="*", default=[],
+                        help="learning curve: classification with these many labelled examples")
+    parser.add_argument("--curve-min-steps", type=int, default=CURVE_MIN_STEPS,
+                        help="the least steps of a learning-curve run")
+    parser.add_argument("--reference", action="store_true",
+                        help=f"add {reference_module.NAME} ({reference_module.INSTALL})")
     args = parser.parse_args(argv)
 
     given = cli.given(args, FinetuneConfig)
@@ -340,7 +491,8 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {} if args.attention_backend is None else {"attention_backend": args.attention_backend}
     max_train = MAX_TRAIN if args.max_train is None else (args.max_train or None)
     print(compare(args.checkpoint, args.out_dir, args.seeds, cfg, retrieval_cfg,
-                  validation=args.validation, max_train=max_train, **overrides))
+                  validation=args.validation, max_train=max_train, curve=args.curve,
+                  curve_min_steps=args.curve_min_steps, reference=args.reference, **overrides))
 
 
 if __name__ == "__main__":

@@ -158,9 +158,10 @@ def _train_test(functions: list[Function], *keys) -> tuple[list[Function], list[
     return train, test
 
 
-def fixed_sample(functions: list[Function], cap: int) -> list[Function]:
-    """At most `cap` functions, a fixed pseudo-random choice (stable hash order), in input order."""
-    chosen = set(sorted(functions, key=lambda f: data.stable_hash(f"{f.path}:{f.name}"))[:cap])
+def fixed_sample(functions: list, cap: int, salt: str = "") -> list:
+    """At most `cap` functions (or examples: anything with a path and a name), a fixed
+    pseudo-random choice (stable hash order; another salt, another choice), in input order."""
+    chosen = set(sorted(functions, key=lambda f: data.stable_hash(f"{salt}{f.path}:{f.name}"))[:cap])
     return [f for f in functions if f in chosen]
 
 
@@ -181,6 +182,7 @@ class ClassificationTask:
     labels: tuple[str, ...]
     train: tuple[LabelledText, ...]
     test: tuple[LabelledText, ...]
+    validation: tuple[LabelledText, ...] = ()  # files held out of train to choose settings on
 
 
 def package_classification(*, cache_dir=None, root=None) -> ClassificationTask:
@@ -261,6 +263,7 @@ class SearchPair:
 class RetrievalTask:
     train: tuple[SearchPair, ...]
     test: tuple[SearchPair, ...]  # query i's one relevant document is test[i].code
+    validation: tuple[SearchPair, ...] = ()  # files held out of train to choose settings on
 
 
 def first_line(docstring: str) -> str:

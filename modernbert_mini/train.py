@@ -57,6 +57,8 @@ from .optim import batch_size_schedule
 from .tokenizer import load_tokenizer, save_tokenizer
 
 LOG_FILE = "log.json"
+EARLIER_RUN = ("train_config", "model_config", "steps", "tokens_seen", "train_seconds",
+               "tokens_per_second", "final_eval", "position_loss", "history")  # kept by init_from
 PLOT_FILE = "loss_curve.png"
 FILL_MASK_PROMPTS = (
     "import [MASK]",
@@ -264,6 +266,9 @@ def train(cfg: TrainConfig) -> dict:
            "parameters": sum(p.numel() for p in model.parameters()),
            "train_tokens": train_seqs.num_tokens, "train_sequences": len(train_seqs),
            "eval_tokens": sum(b.num_tokens for b, _, _ in eval_batches)}
+    if cfg.init_from:  # the run this one continues: what a reader compares it with
+        earlier = json.loads((Path(cfg.init_from) / LOG_FILE).read_text())
+        log["init_from_run"] = {key: earlier.get(key) for key in EARLIER_RUN}
     saved = loop.checkpoints(out_dir) if cfg.resume else []
     if saved:
         state = loop.load_state(saved[-1], d, model, parts)

@@ -138,12 +138,73 @@ def test_biencoder_vectors_are_unit_mean_pooled_states(tokenizer):
 def test_contrastive_loss_by_hand():
     queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     documents = torch.tensor([[0.6, 0.8], [0.0, 1.0]])
-    # scores / t = [[0.6, 0], [0.8, 1]] / 0.5 = [[1.2, 0], [1.6, 2]]; targets 0, 1
-    expected = (-math.log(math.exp(1.2) / (math.exp(1.2) + 1))
-                - math.log(math.exp(2) / (math.exp(1.6) + math.exp(2)))) / 2
-    assert ft.contrastive_loss(queries, documents, 0.5).item() == pytest.approx(expected)
+    # S = Q D^T / t = [[0.6, 0], [0.8, 1]] / 0.5 = [[1.2, 0], [1.6, 2]]; targets 0, 1
+    queries_to_documents = (-math.log(math.exp(1.2) / (math.exp(1.2) + 1))  # rows of S
+                            - math.log(math.exp(2) / (math.exp(1.6) + math.exp(2)))) / 2
+    documents_to_queries = (-math.log(math.exp(1.2) / (math.exp(1.2) + math.exp(1.6)))  # columns
+                            - math.log(math.exp(2) / (1 + math.exp(2)))) / 2
+    expected = (queries_to_documents + documents_to_queries) / 2
+    assert ft.contrastive_loss(queries, documents, 0.5).item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="must both be"):
         ft.contrastive_loss(queries, documents[:1], 0.5)
+
+
+def test_mean_cosine_by_hand():
+    same_way = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    assert ft.mean_cosine(same_way) == pytest.approx(1.0)
+    # (1,0), (0,1), (-1,0): cosines 0, -1, 0 over the three pairs
+    assert ft.mean_cosine(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])) == pytest.approx(-1 / 3)
+    with pytest.raises(ValueError, match="N >= 2"):
+        ft.mean_cosine(torch.ones(1, 4))
+
+
+def test_score_fusion_by_hand():
+    """Per-query z-scores: dense [1, 2, 3] -> [-1, 0, 1]; lexical [10, 40, 10] -> [-0.577,
+    1.155, -0.577]; at weight 0.5 document 1 wins, at 1.0 document 2, at 0.0 document 1."""
+    dense, lexical = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 40.0, 10.0]])
+    fused = ft.fuse_scores(dense, lexical, 0.5)
+    torch.testing.assert_close(fused, 0.5 * torch.tensor([[-1.0, 0.0, 1.0]], dtype=torch.float64)
+                               + 0.5 * torch.tensor([[-1, 2, -1]], dtype=torch.float64) / 3 ** 0.5)
+    assert ft.top_k(ft.fuse_scores(dense, lexical, 1.0), 1) == [[2]]
+    assert ft.top_k(fused, 1) == ft.top_k(ft.fuse_scores(dense, lexical, 0.0), 1) == [[1]]
+    weight, tried = ft.choose_fusion_weight(dense, lexical, lambda ranked: float(ranked[0][0] == 2))
+    # document 2 beats document 1 when w - (1-w)/sqrt(3) > 2(1-w)/sqrt(3): w > 0.634
+    assert weight == 0.7 and tried[1.0] == 1.0 and tried[0.6] == 0.0  # the first weight that wins
+    with pytest.raises(ValueError, match="weight"):
+        ft.fuse_scores(dense, lexical, 1.5)
+
+
+def test_min_steps_adds_epochs_for_small_training_sets():
+    cfg = ft.FinetuneConfig(batch_size=4, epochs=2, min_steps=11, progress=False)
+    batches = ft.epoch_batches([5] * 10, cfg)  # 3 batches an epoch: 4 epochs for 11 steps
+    assert len(batches) == 12 and sorted(i for b in batches for i in b) == sorted(list(range(10)) * 4)
+    assert len(ft.epoch_batches([5] * 10, ft.FinetuneConfig(batch_size=4, epochs=2))) == 6
+
+
+def test_reference_encoder_pads_packed_sequences_as_bert_reads_them(tokenizer):
+    """PaddedEncoder on packed ids == a BertModel run on the padded batch with its mask; the
+    classifier pools the same states."""
+    from transformers import BertConfig, BertModel
+
+    from modernbert_mini import reference
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32,
+                                num_hidden_layers=2, num_attention_heads=2, intermediate_size=48),
+                     add_pooling_layer=False).eval()
+    encoder = reference.PaddedEncoder(bert, pad_id=0)
+    sequences = to_sequences(tokenizer, TEXTS, 32, overflow="truncate")
+    batch = ft.collate(sequences, range(4))
+    with torch.no_grad():
+        pooled = encoder.encode(batch.input_ids, cu_seqlens=batch.cu_seqlens,
+                                max_seqlen=batch.max_seqlen).pool("mean")  # (4, 32)
+        for i in range(4):
+            alone = bert(sequences[i][None].long()).last_hidden_state[0].mean(0)
+            torch.testing.assert_close(pooled[i], alone, atol=1e-5, rtol=1e-5)
+        classifier = reference.MeanPoolClassifier(encoder, num_labels=3)
+        out = classifier(**ft.to_device(batch, torch.device("cpu")), labels=torch.tensor([0, 1, 2, 0]))
+        torch.testing.assert_close(out.logits, classifier.classifier(pooled))
+        assert out.loss > 0
 
 
 def test_reciprocal_rank_fusion_by_hand():
@@ -196,7 +257,10 @@ def test_no_scored_example_in_the_finetuning_data(datasets, tokenizer, split):
     if split == "test":  # the task's own test split, which the baselines score too
         whole = tasks.package_classification()
         assert classification.test == whole.test
-        assert 0 < len(whole.train) - len(classification.train) < 10  # the cut-equal ones only
+        held = [e for e in whole.train if ex.data.is_heldout(e.path, salt="validation:", percent=ex.VALIDATION_PERCENT)]
+        assert classification.validation == tuple(held) and 0.1 < len(held) / len(whole.train) < 0.2
+        kept = len(whole.train) - len(held)
+        assert 0 <= kept - len(classification.train) < 10  # the validation files, the cut-equal ones
 
 
 def test_glue_offline_says_it_needs_the_network(monkeypatch):
@@ -229,8 +293,12 @@ def test_mean_and_spread_and_the_table_by_hand():
     assert spread["seconds"] == pytest.approx((11.0, math.sqrt(2)))
     table = ex.markdown_table({"TF-IDF": {"accuracy": (0.625, None)},
                                "mini": {"accuracy": spread["accuracy"], "mrr@10": (0.3, 0.01)}})
-    assert table.splitlines()[2] == "| TF-IDF | 0.625 | — | — | — | — |"
-    assert table.splitlines()[3] == "| mini | 0.600 ± 0.141 | — | 0.300 ± 0.010 | — | — |"
+    assert table.splitlines()[2] == "| TF-IDF | 0.625 | — | — | — | — | — |"
+    assert table.splitlines()[3] == "| mini | 0.600 ± 0.141 | — | 0.300 ± 0.010 | — | — | — |"
+    curve = ex.markdown_table({"mini": {100: (0.4, 0.02), 300: (0.5, 0.01)}},
+                              [(100, "100"), (300, "300")], first="labelled examples")
+    assert curve.splitlines() == ["| labelled examples | 100 | 300 |", "|---|---:|---:|",
+                                  "| mini | 0.400 ± 0.020 | 0.500 ± 0.010 |"]
 
 
 def test_the_command_line_comes_from_the_config_types():

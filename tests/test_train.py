@@ -83,6 +83,8 @@ def test_init_from_continues_the_run_with_the_changes_asked(uninterrupted, token
     assert wider["position_loss_before"] != log["position_loss"]
     assert json.loads((tmp_path / "wider" / "config.json").read_text())["global_rope_theta"] == 1e6
     assert wider["train_config"]["init_from"] == str(out)
+    assert wider["init_from_run"]["position_loss"] == log["position_loss"]  # for the comparison
+    assert wider["init_from_run"]["final_eval"] == log["final_eval"]
 
 
 def test_validation_accuracy_counts_the_argmax_hits(uninterrupted, tokenizer_dir):
