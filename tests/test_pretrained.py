@@ -42,3 +42,21 @@ def test_committed_checkpoint_matches_its_log_and_beats_unigram():
     assert again["loss"] < log["unigram_baseline"]["loss"] - 1.0
     assert again["accuracy"] > 5 * log["unigram_baseline"]["accuracy"]
     assert TrainConfig(**log["train_config"]).max_steps == log["steps"]
+
+
+def test_committed_checkpoint_extended_its_context_as_its_log_says():
+    """Its loss by position on 1,024-token validation windows, recomputed on the shipped weights,
+    is its log's; and the run it was extended from is in the log, at 128 tokens with theta 10k."""
+    from modernbert_mini.checkpoint import load_pretrained
+    from modernbert_mini.train import position_losses
+
+    model, tokenizer, log = load_pretrained()
+    cfg = TrainConfig(**log["train_config"])
+    again = position_losses(cfg, tokenizer, model.config, model, torch.device("cpu"))
+    assert again["length"] == log["position_loss"]["length"] == model.config.max_position_embeddings
+    for ours, theirs in zip(again["buckets"], log["position_loss"]["buckets"], strict=True):
+        assert ours["tokens"] == theirs["tokens"]
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=0.02)  # float16 weights
+    short = log["init_from_run"]
+    assert short["train_config"]["max_len"] == 128 and cfg.max_len == 1024
+    assert short["model_config"]["global_rope_theta"] == 10_000 and model.config.global_rope_theta == 160_000
