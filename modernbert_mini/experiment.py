@@ -13,6 +13,7 @@ ModernBERT-base on a GLUE task.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -36,6 +37,7 @@ from .tokenizer import load_tokenizer, to_sequences
 BASE_MODEL = "answerdotai/ModernBERT-base"
 FUSION_DEPTH = 100  # how deep each ranking goes into the fusion
 VALIDATION_PERCENT = 8  # of the training files (about 15% of the examples): where settings are chosen
+REFERENCE_EPOCHS = 1  # all-MiniLM-L6-v2's fine-tuning: one epoch on each task
 CURVE_MIN_STEPS = 100  # a learning-curve run trains for at least this many steps
 MAX_TRAIN = 1500  # training examples per task by default (a quick run; `make finetune` uses all)
 GLUE_TEXTS = {  # task -> its text field(s)
@@ -142,7 +144,7 @@ def run_retrieval(task: tasks.RetrievalTask, make_encoder: Callable[[int], nn.Mo
         weight, tried = choose_fusion_weight(
             on_validation, bm25["validation"], lambda ranked: tasks.retrieval_metrics(ranked)["mrr@10"])
         out["fused"] = {**metrics_of(fuse_scores(after, bm25["test"], weight)), "weight": weight,
-                        "validation_mrr@10": tried}
+                        "validation_mrr@10": {str(w): m for w, m in tried.items()}}
         out["rrf"] = tasks.retrieval_metrics(reciprocal_rank_fusion(
             [top_k(after, FUSION_DEPTH), top_k(bm25["test"], FUSION_DEPTH)]))
     out.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
@@ -222,6 +224,9 @@ def curve_plot(curve: dict[str, dict[int, tuple[float, float]]], path: Path) -> 
         ax.errorbar(sizes, [points[n][0] for n in sizes], yerr=[points[n][1] for n in sizes],
                     marker="o", capsize=3, label=name)
     ax.set_xscale("log")
+    sizes = sorted({n for points in curve.values() for n in points})
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("labelled training examples")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.set_title("package classification: what pretraining buys with few labels")
@@ -232,6 +237,44 @@ def curve_plot(curve: dict[str, dict[int, tuple[float, float]]], path: Path) -> 
 
 
 # ----------------------------------------------------------------------------- the experiment
+class RunCache:
+    """Each fine-tuning run's result as a JSON file in `directory`, named by a digest of what
+    made it (the model and its weights, the data, the settings, the seed): a `make finetune`
+    that stopped continues where it was, and a changed setting runs again. directory=None: no
+    cache."""
+
+    def __init__(self, directory: Path | None):
+        self.directory = directory
+
+    def get(self, what: dict, run: Callable[[], dict]) -> dict:
+        if self.directory is None:
+            return run()
+        what = {k: ({f: v for f, v in value.items() if f != "progress"} if k == "cfg" else value)
+                for k, value in what.items()}  # a progress bar changes no result
+        key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = self.directory / f"{what['kind']}-{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())["result"]
+        result = run()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"what": what, "result": result}, default=str) + "\n")
+        return result
+
+
+def digest_of(*files: Path) -> str:
+    """A short sha256 of files' bytes: which weights a run started from."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def data_digest(task) -> str:
+    """A short sha256 of which examples a task trains, chooses and scores on."""
+    parts = [[(e.path, e.name) for e in split] for split in (task.train, task.validation, task.test)]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
 PRETRAINED, RANDOM = "mini, pretrained, fine-tuned", "mini, random init, fine-tuned"
 ZERO_SHOT = "mini, pretrained, zero-shot (no fine-tuning)"
 FUSED, RRF = ("hybrid: pretrained bi-encoder + BM25, score fusion (weight on validation)",
@@ -243,7 +286,7 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
             cfg: FinetuneConfig = FinetuneConfig(), retrieval_cfg: FinetuneConfig | None = None,
             validation: bool = False, max_train: int | None = MAX_TRAIN,
             curve: Sequence[int] = (), curve_min_steps: int = CURVE_MIN_STEPS,
-            reference: bool = False, **overrides) -> str:
+            reference: bool = False, cache: bool = True, **overrides) -> str:
     """The tables of `make finetune`. Writes results.md, results.json, results.png (and, with
     a learning curve, curve.png) to out_dir; returns results.md's text.
 
@@ -257,6 +300,7 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
 
     max_train: fine-tune on at most this many training examples per task (None: all).
     validation=True scores on the validation files instead of the test split (for choosing).
+    cache: keep each run's result in out_dir/runs (`RunCache`), so that a stopped run continues.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,15 +328,24 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
     rows["BM25"] = {k: (v, None) for k, v in bm25_scores.items()}
     log["baselines"] = {"tfidf_logreg": tfidf, "bm25": bm25_scores}
     n_labels = len(classification.labels)
+    runs = RunCache(out_dir / "runs" if cache else None)
+    weights = digest_of(Path(checkpoint) / "config.json", Path(checkpoint) / "model.safetensors")
     for init, name in (("pretrained", PRETRAINED), ("random", RANDOM)):
         runs_c, runs_r = [], []
+        model_id = {"model": f"mini {init}", "weights": weights, "overrides": overrides}
         for seed in seeds:
-            runs_c.append(run_classification(classification, mini_classifier(
-                checkpoint, init, n_labels, **overrides), replace(cfg, seed=seed), tokenizer))
+            c_cfg, r_cfg = replace(cfg, seed=seed), replace(retrieval_cfg, seed=seed)
+            runs_c.append(runs.get(
+                {"kind": "classification", **model_id, "data": data_digest(classification),
+                 "cfg": asdict(c_cfg)},
+                lambda: run_classification(classification, mini_classifier(
+                    checkpoint, init, n_labels, **overrides), c_cfg, tokenizer)))
             print(f"{name}, seed {seed}: classification {_brief(runs_c[-1])}", flush=True)
-            runs_r.append(run_retrieval(search, mini_encoder(checkpoint, init, **overrides),
-                                        replace(retrieval_cfg, seed=seed), tokenizer,
-                                        bm25 if init == "pretrained" else None))
+            runs_r.append(runs.get(
+                {"kind": "retrieval", **model_id, "data": data_digest(search), "cfg": asdict(r_cfg),
+                 "fusion": init == "pretrained"},
+                lambda: run_retrieval(search, mini_encoder(checkpoint, init, **overrides), r_cfg,
+                                      tokenizer, bm25 if init == "pretrained" else None)))
             print(f"{name}, seed {seed}: code search {_brief(runs_r[-1])}", flush=True)
         rows[name] = {**mean_and_spread(runs_c), **mean_and_spread(runs_r)}
         log[init] = {"classification": runs_c, "retrieval": runs_r}
@@ -304,9 +357,9 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
     log["random_init_zero_shot"] = mean_and_spread([r["zero_shot"] for r in log["random"]["retrieval"]])
 
     if reference:
-        rows.update(reference_rows(classification, search, cfg, retrieval_cfg, seeds[0], log))
+        rows.update(reference_rows(classification, search, cfg, retrieval_cfg, seeds[0], log, runs))
     curve_rows = learning_curve(classification, checkpoint, cfg, tokenizer, seeds, curve,
-                                curve_min_steps, log, **overrides) if curve else {}
+                                curve_min_steps, log, runs, weights, **overrides) if curve else {}
     if curve_rows:  # and the full training set: the rows above
         everything = len(classification.train)
         for name in (PRETRAINED, RANDOM):
@@ -346,7 +399,8 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
 
 def learning_curve(classification: tasks.ClassificationTask, checkpoint, cfg: FinetuneConfig,
                    tokenizer: Tokenizer, seeds: Sequence[int], sizes: Sequence[int],
-                   min_steps: int, log: dict, **overrides) -> dict[str, dict[int, tuple]]:
+                   min_steps: int, log: dict, runs_cache: RunCache, weights: str,
+                   **overrides) -> dict[str, dict[int, tuple]]:
     """Accuracy with n labelled examples, for each n in sizes: per seed, one fixed sample of the
     training examples, on which the pretrained and the random-init model are fine-tuned and
     TF-IDF + logistic regression trained. {model: {n: (mean, std)}}."""
@@ -357,9 +411,12 @@ def learning_curve(classification: tasks.ClassificationTask, checkpoint, cfg: Fi
                 list(classification.train), n, salt=f"curve {seed}:")))
             runs[TFIDF].setdefault(n, []).append(tasks.tfidf_logreg_baseline(subset))
             for init, name in (("pretrained", PRETRAINED), ("random", RANDOM)):
-                result = run_classification(subset, mini_classifier(
-                    checkpoint, init, len(classification.labels), **overrides),
-                    replace(cfg, seed=seed, min_steps=min_steps), tokenizer)
+                c_cfg = replace(cfg, seed=seed, min_steps=min_steps)
+                result = runs_cache.get(
+                    {"kind": "curve", "model": f"mini {init}", "weights": weights,
+                     "overrides": overrides, "data": data_digest(subset), "cfg": asdict(c_cfg)},
+                    lambda: run_classification(subset, mini_classifier(
+                        checkpoint, init, len(classification.labels), **overrides), c_cfg, tokenizer))
                 runs[name].setdefault(n, []).append(result)
             print(f"learning curve, {n} examples, seed {seed}: " + ", ".join(
                 f"{name.split(',')[0 if name == TFIDF else 1].strip()} {runs[name][n][-1]['accuracy']:.3f}"
@@ -370,23 +427,33 @@ def learning_curve(classification: tasks.ClassificationTask, checkpoint, cfg: Fi
 
 
 def reference_rows(classification: tasks.ClassificationTask, search: tasks.RetrievalTask,
-                   cfg: FinetuneConfig, retrieval_cfg: FinetuneConfig, seed: int, log: dict) -> dict:
-    """all-MiniLM-L6-v2: zero-shot retrieval, then fine-tuned on both tasks (one seed) with the
-    same settings and code as the mini model, its own tokenizer."""
+                   cfg: FinetuneConfig, retrieval_cfg: FinetuneConfig, seed: int, log: dict,
+                   runs: RunCache) -> dict:
+    """all-MiniLM-L6-v2: zero-shot retrieval, then fine-tuned on both tasks with the same code
+    and settings as the mini model, its own tokenizer, but one seed and one epoch
+    (REFERENCE_EPOCHS): it is four times the mini model's compute a token."""
     if reference_module.minilm_dir() is None:
         raise FileNotFoundError(f"the reference row needs {reference_module.NAME}: "
                                 f"{reference_module.INSTALL} (make finetune installs it)")
     _, tokenizer = reference_module.load_minilm()
-    c = run_classification(classification, lambda s: reference_module.MeanPoolClassifier(
-        reference_module.load_minilm()[0], len(classification.labels), s),
-        replace(cfg, seed=seed), tokenizer)
-    r = run_retrieval(search, lambda s: reference_module.load_minilm()[0],
-                      replace(retrieval_cfg, seed=seed), tokenizer)
+    weights = digest_of(reference_module.minilm_dir() / "model.safetensors")
+    c_cfg = replace(cfg, seed=seed, epochs=REFERENCE_EPOCHS)
+    r_cfg = replace(retrieval_cfg, seed=seed, epochs=REFERENCE_EPOCHS)
+    c = runs.get({"kind": "classification", "model": reference_module.NAME, "weights": weights,
+                  "data": data_digest(classification), "cfg": asdict(c_cfg)},
+                 lambda: run_classification(classification, lambda s: reference_module.MeanPoolClassifier(
+                     reference_module.load_minilm()[0], len(classification.labels), s), c_cfg, tokenizer))
+    r = runs.get({"kind": "retrieval", "model": reference_module.NAME, "weights": weights,
+                  "data": data_digest(search), "cfg": asdict(r_cfg)},
+                 lambda: run_retrieval(search, lambda s: reference_module.load_minilm()[0], r_cfg,
+                                       tokenizer))
     print(f"{reference_module.NAME}: classification {_brief(c)}; code search {_brief(r)}", flush=True)
     log["reference"] = {"model": reference_module.NAME, "classification": c, "retrieval": r}
     name = reference_module.NAME
-    return {f"{name} (22.7M parameters), zero-shot": mean_and_spread([r["zero_shot"]]),
-            f"{name}, fine-tuned (seed {seed})": {**mean_and_spread([c]), **mean_and_spread([r])}}
+    def one_run(*results):  # no spread to show: one seed
+        return {k: (v, None) for result in results for k, v in result.items() if isinstance(v, float)}
+    return {f"{name} (22.7M parameters), zero-shot": one_run(r["zero_shot"]),
+            f"{name}, fine-tuned ({REFERENCE_EPOCHS} epoch, seed {seed})": one_run(c, r)}
 
 
 def _brief(result: dict) -> str:

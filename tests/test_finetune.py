@@ -314,3 +314,19 @@ def test_the_command_line_comes_from_the_config_types():
                                                   "progress": False, "epochs": 2}
     with pytest.raises(SystemExit):
         parser.parse_args(["--seed=1"])  # skipped: the experiment's --seeds sets it
+
+
+def test_run_cache_reruns_only_what_changed(tmp_path):
+    cache, calls = ex.RunCache(tmp_path), []
+
+    def run(value):
+        calls.append(value)
+        return {"accuracy": value}
+    what = {"kind": "classification", "model": "mini", "cfg": {"lr": 1e-3, "progress": True}}
+    assert cache.get(what, lambda: run(0.5)) == {"accuracy": 0.5}
+    again = {**what, "cfg": {"lr": 1e-3, "progress": False}}  # a progress bar changes nothing
+    assert cache.get(again, lambda: run(0.9)) == {"accuracy": 0.5} and calls == [0.5]
+    changed = {**what, "cfg": {"lr": 2e-3, "progress": True}}
+    assert cache.get(changed, lambda: run(0.7)) == {"accuracy": 0.7} and calls == [0.5, 0.7]
+    assert len(list(tmp_path.glob("classification-*.json"))) == 2
+    assert ex.RunCache(None).get(what, lambda: run(0.1)) == {"accuracy": 0.1}  # no cache
