@@ -38,7 +38,7 @@ BASE_MODEL = "answerdotai/ModernBERT-base"
 FUSION_DEPTH = 100  # how deep each ranking goes into the fusion
 VALIDATION_PERCENT = 8  # of the training files (about 15% of the examples): where settings are chosen
 REFERENCE_EPOCHS = 1  # all-MiniLM-L6-v2's fine-tuning: one epoch on each task
-CURVE_MIN_STEPS = 100  # a learning-curve run trains for at least this many steps
+CURVE_MIN_STEPS = 50  # a learning-curve run trains for at least this many steps
 MAX_TRAIN = 1500  # training examples per task by default (a quick run; `make finetune` uses all)
 GLUE_TEXTS = {  # task -> its text field(s)
     "cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
@@ -123,6 +123,13 @@ def dense_scores(model: BiEncoder, tokenizer: Tokenizer, pairs: Sequence[tasks.S
 
 def metrics_of(scores: torch.Tensor) -> dict:
     return tasks.retrieval_metrics(top_k(scores, FUSION_DEPTH))
+
+
+def zero_shot_retrieval(task: tasks.RetrievalTask, model: BiEncoder, tokenizer: Tokenizer,
+                        max_len: int) -> dict:
+    """A bi-encoder's metrics on task.test as it is, and the documents' mean cosine."""
+    scores, cosine = dense_scores(model, tokenizer, task.test, max_len)
+    return {**metrics_of(scores), "mean_cosine": cosine}
 
 
 def run_retrieval(task: tasks.RetrievalTask, make_encoder: Callable[[int], nn.Module],
@@ -280,13 +287,15 @@ ZERO_SHOT = "mini, pretrained, zero-shot (no fine-tuning)"
 FUSED, RRF = ("hybrid: pretrained bi-encoder + BM25, score fusion (weight on validation)",
               "hybrid: pretrained bi-encoder + BM25, RRF")
 TFIDF = "TF-IDF + logistic regression"
+PARTS = ("pretrained", "random", "curve", "reference")
 
 
 def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = (0, 1, 2),
             cfg: FinetuneConfig = FinetuneConfig(), retrieval_cfg: FinetuneConfig | None = None,
             validation: bool = False, max_train: int | None = MAX_TRAIN,
             curve: Sequence[int] = (), curve_min_steps: int = CURVE_MIN_STEPS,
-            reference: bool = False, cache: bool = True, **overrides) -> str:
+            reference: bool = False, cache: bool = True, only: Sequence[str] = (),
+            **overrides) -> str:
     """The tables of `make finetune`. Writes results.md, results.json, results.png (and, with
     a learning curve, curve.png) to out_dir; returns results.md's text.
 
@@ -301,7 +310,14 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
     max_train: fine-tune on at most this many training examples per task (None: all).
     validation=True scores on the validation files instead of the test split (for choosing).
     cache: keep each run's result in out_dir/runs (`RunCache`), so that a stopped run continues.
+    only: run just these parts ("pretrained", "random", "curve", "reference") into the cache and
+    write no table: several processes can share the runs (one thread each), and a last call
+    without `only` puts the table together from the cache.
     """
+    unknown = set(only) - set(PARTS)
+    if unknown or (only and not cache):
+        raise ValueError(f"only={list(only)} is invalid: choose among {PARTS}, with cache=True")
+    parts = set(only or PARTS)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     retrieval_cfg = retrieval_cfg or cfg
@@ -331,6 +347,8 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
     runs = RunCache(out_dir / "runs" if cache else None)
     weights = digest_of(Path(checkpoint) / "config.json", Path(checkpoint) / "model.safetensors")
     for init, name in (("pretrained", PRETRAINED), ("random", RANDOM)):
+        if init not in parts:
+            continue
         runs_c, runs_r = [], []
         model_id = {"model": f"mini {init}", "weights": weights, "overrides": overrides}
         for seed in seeds:
@@ -349,6 +367,13 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
             print(f"{name}, seed {seed}: code search {_brief(runs_r[-1])}", flush=True)
         rows[name] = {**mean_and_spread(runs_c), **mean_and_spread(runs_r)}
         log[init] = {"classification": runs_c, "retrieval": runs_r}
+    if only:  # the runs are in the cache; the table needs all of them
+        if "reference" in parts and reference:
+            reference_rows(classification, search, cfg, retrieval_cfg, seeds[0], log, runs)
+        if "curve" in parts and curve:
+            learning_curve(classification, checkpoint, cfg, tokenizer, seeds, curve,
+                           curve_min_steps, log, runs, weights, **overrides)
+        return f"the runs of {sorted(parts)} are in {out_dir / 'runs'}"
     pretrained_runs = log["pretrained"]["retrieval"]
     rows[ZERO_SHOT] = mean_and_spread([r["zero_shot"] for r in pretrained_runs])
     rows[FUSED] = mean_and_spread([r["fused"] for r in pretrained_runs])
@@ -429,9 +454,10 @@ def learning_curve(classification: tasks.ClassificationTask, checkpoint, cfg: Fi
 def reference_rows(classification: tasks.ClassificationTask, search: tasks.RetrievalTask,
                    cfg: FinetuneConfig, retrieval_cfg: FinetuneConfig, seed: int, log: dict,
                    runs: RunCache) -> dict:
-    """all-MiniLM-L6-v2: zero-shot retrieval, then fine-tuned on both tasks with the same code
-    and settings as the mini model, its own tokenizer, but one seed and one epoch
-    (REFERENCE_EPOCHS): it is four times the mini model's compute a token."""
+    """all-MiniLM-L6-v2: retrieval zero-shot (it was trained as a sentence encoder on about a
+    billion pairs), and classification fine-tuned with the same code and settings as the mini
+    model, its own tokenizer, but one seed and one epoch (REFERENCE_EPOCHS): it is four times the
+    mini model's compute a token."""
     if reference_module.minilm_dir() is None:
         raise FileNotFoundError(f"the reference row needs {reference_module.NAME}: "
                                 f"{reference_module.INSTALL} (make finetune installs it)")
@@ -439,21 +465,22 @@ def reference_rows(classification: tasks.ClassificationTask, search: tasks.Retri
     weights = digest_of(reference_module.minilm_dir() / "model.safetensors")
     c_cfg = replace(cfg, seed=seed, epochs=REFERENCE_EPOCHS)
     r_cfg = replace(retrieval_cfg, seed=seed, epochs=REFERENCE_EPOCHS)
+    zero_shot = runs.get({"kind": "zero-shot", "model": reference_module.NAME, "weights": weights,
+                          "data": data_digest(search), "max_len": retrieval_cfg.max_len},
+                         lambda: zero_shot_retrieval(search, BiEncoder(reference_module.load_minilm()[0]),
+                                                     tokenizer, retrieval_cfg.max_len))
     c = runs.get({"kind": "classification", "model": reference_module.NAME, "weights": weights,
                   "data": data_digest(classification), "cfg": asdict(c_cfg)},
                  lambda: run_classification(classification, lambda s: reference_module.MeanPoolClassifier(
                      reference_module.load_minilm()[0], len(classification.labels), s), c_cfg, tokenizer))
-    r = runs.get({"kind": "retrieval", "model": reference_module.NAME, "weights": weights,
-                  "data": data_digest(search), "cfg": asdict(r_cfg)},
-                 lambda: run_retrieval(search, lambda s: reference_module.load_minilm()[0], r_cfg,
-                                       tokenizer))
-    print(f"{reference_module.NAME}: classification {_brief(c)}; code search {_brief(r)}", flush=True)
-    log["reference"] = {"model": reference_module.NAME, "classification": c, "retrieval": r}
+    print(f"{reference_module.NAME}: classification {_brief(c)}; code search, zero-shot "
+          f"{_brief(zero_shot)}", flush=True)
+    log["reference"] = {"model": reference_module.NAME, "classification": c, "zero_shot": zero_shot}
     name = reference_module.NAME
     def one_run(*results):  # no spread to show: one seed
         return {k: (v, None) for result in results for k, v in result.items() if isinstance(v, float)}
-    return {f"{name} (22.7M parameters), zero-shot": one_run(r["zero_shot"]),
-            f"{name}, fine-tuned ({REFERENCE_EPOCHS} epoch, seed {seed})": one_run(c, r)}
+    return {f"{name} (22.7M parameters), zero-shot": one_run(zero_shot),
+            f"{name}, fine-tuned ({REFERENCE_EPOCHS} epoch, seed {seed})": one_run(c)}
 
 
 def _brief(result: dict) -> str:
@@ -542,6 +569,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="learning curve: classification with these many labelled examples")
     parser.add_argument("--curve-min-steps", type=int, default=CURVE_MIN_STEPS,
                         help="the least steps of a learning-curve run")
+    parser.add_argument("--only", nargs="+", default=[], choices=PARTS,
+                        help="run only these parts into out-dir/runs, writing no table (to share "
+                             "the work among processes; a last run without it writes the table)")
     parser.add_argument("--reference", action="store_true",
                         help=f"add {reference_module.NAME} ({reference_module.INSTALL})")
     args = parser.parse_args(argv)
@@ -559,7 +589,8 @@ def main(argv: list[str] | None = None) -> None:
     max_train = MAX_TRAIN if args.max_train is None else (args.max_train or None)
     print(compare(args.checkpoint, args.out_dir, args.seeds, cfg, retrieval_cfg,
                   validation=args.validation, max_train=max_train, curve=args.curve,
-                  curve_min_steps=args.curve_min_steps, reference=args.reference, **overrides))
+                  curve_min_steps=args.curve_min_steps, reference=args.reference, only=args.only,
+                  **overrides))
 
 
 if __name__ == "__main__":

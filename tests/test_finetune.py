@@ -330,3 +330,10 @@ def test_run_cache_reruns_only_what_changed(tmp_path):
     assert cache.get(changed, lambda: run(0.7)) == {"accuracy": 0.7} and calls == [0.5, 0.7]
     assert len(list(tmp_path.glob("classification-*.json"))) == 2
     assert ex.RunCache(None).get(what, lambda: run(0.1)) == {"accuracy": 0.1}  # no cache
+
+
+def test_compare_refuses_unknown_parts(tmp_path):
+    with pytest.raises(ValueError, match="only="):
+        ex.compare(tmp_path, tmp_path, only=["everything"])
+    with pytest.raises(ValueError, match="cache=True"):
+        ex.compare(tmp_path, tmp_path, only=["curve"], cache=False)
