@@ -140,12 +140,12 @@ def run_retrieval(task: tasks.RetrievalTask, make_encoder: Callable[[int], nn.Mo
     score fusion with the weight that is best on task.validation ("fused"), and RRF ("rrf")."""
     start, cpu = time.perf_counter(), time.process_time()
     model = BiEncoder(make_encoder(cfg.seed))
-    before, cosine_before = dense_scores(model, tokenizer, task.test, cfg.max_len)
+    zero_shot = zero_shot_retrieval(task, model, tokenizer, cfg.max_len)
     train_biencoder(model, tokenizer, [p.query for p in task.train], [p.code for p in task.train],
                     cfg)
     after, cosine_after = dense_scores(model, tokenizer, task.test, cfg.max_len)
     out = {**metrics_of(after), "mean_cosine": cosine_after,
-           "zero_shot": {**metrics_of(before), "mean_cosine": cosine_before}}
+           "zero_shot": zero_shot}
     if bm25 is not None:
         on_validation, _ = dense_scores(model, tokenizer, task.validation, cfg.max_len)
         weight, tried = choose_fusion_weight(

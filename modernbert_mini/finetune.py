@@ -267,11 +267,6 @@ def embed_texts(model: BiEncoder, tokenizer: Tokenizer, texts: Sequence[str], ma
     return out
 
 
-def rank(queries: torch.Tensor, documents: torch.Tensor, k: int) -> list[list[int]]:
-    """For each query (Q, H), the indices of its k most similar documents (D, H), best first."""
-    return top_k(queries @ documents.T, k)  # (Q, D) scores
-
-
 def top_k(scores: torch.Tensor, k: int) -> list[list[int]]:
     """For each row of scores (Q, D), the k best columns, best first."""
     return scores.topk(min(k, scores.shape[1]), dim=-1).indices.tolist()
