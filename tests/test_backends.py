@@ -240,3 +240,46 @@ def test_available_follows_the_capability():
         assert names == PYTORCH_KERNELS + expected, capability
     bf16_on_t4 = backends.available("cuda", torch.bfloat16, installed=EVERYTHING, capability=(7, 5))
     assert bf16_on_t4 == PYTORCH_KERNELS
+
+
+def edge_lengths(window: int) -> list[int]:
+    """Every length where a window's edge can fall: around window // 2 (the farthest key a token
+    sees), around window, and a sequence long enough for a token to see both edges at once."""
+    half = window // 2
+    return sorted({1, 2, half - 1, half, half + 1, half + 2, half + 3, window - 1, window,
+                   window + 1, window + 2, 2 * window + 3})
+
+
+@pytest.mark.parametrize("window", [4, 6, 8, 16])
+@pytest.mark.parametrize("layout", ["padded", "unpadded"])
+@pytest.mark.parametrize("name", [n for n in BACKENDS if "cpu" in BACKENDS[n].devices])
+def test_every_cpu_backend_at_every_length_around_the_window_edges(name, layout, window,
+                                                                   monkeypatch):
+    """Each CPU backend against eager and against the formula, one sequence of every length
+    around window // 2 and window. Fails if `varlen`'s "the window covers the whole sequence"
+    shortcut is off by one (`length - 1 <= window // 2` made `length - 2 <= window // 2`, or
+    `length <= window // 2 + 2`: a sequence of window // 2 + 2 tokens then attends globally),
+    or if any backend's window test is `<` where it should be `<=` (or the reverse)."""
+    if BACKENDS[name].supports("cpu", dtype_for(name), window, 0.0):
+        pytest.skip(f"{name}: {BACKENDS[name].supports('cpu', dtype_for(name), window, 0.0)}")
+    if name == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    lengths = edge_lengths(window)
+    longest, dtype = max(lengths), dtype_for(name)
+    g = torch.Generator().manual_seed(window)
+    q, k, v = (torch.randn(len(lengths), longest, NH, HD, generator=g, dtype=torch.float64)
+               for _ in range(3))
+    mask = torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]  # (B, S)
+
+    def run(backend):
+        x = [t.to(dtype) for t in (q, k, v)]
+        if layout == "padded":
+            return attend(*x, Batch.padded(longest, mask), window, 0.0, backend)
+        batch = Batch.unpad(mask)
+        return pad(attend(*(unpad(t, batch) for t in x), batch, window, 0.0, backend), batch)
+
+    real = mask[:, :, None, None].expand_as(q)
+    out, eager = run(name).double()[real], run("eager").double()[real]
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out, eager, rtol=0, atol=tol)
+    torch.testing.assert_close(out, reference(q, k, v, lengths, window)[real], rtol=0, atol=tol)
