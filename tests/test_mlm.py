@@ -1,13 +1,16 @@
 """Masking (rates, special tokens, labels, reproducibility) and packing (nothing dropped, budgets,
 cu_seqlens, epochs, resumable state), checked against counts and the tokenizer itself."""
 
+import math
+
 import pytest
 import torch
 
 from modernbert_mini.config import ModernBertConfig
 from modernbert_mini.data import load_corpus
-from modernbert_mini.mlm import (PackedLoader, Sequences, collate, mask_tokens, masking_args,
-                                 pad_fraction, tokenize_documents)
+from modernbert_mini.mlm import (PackedBatch, PackedLoader, Sequences, collate, evaluate,
+                                 loss_by_position, mask_tokens, masking_args, pad_fraction,
+                                 step_generator, tokenize_documents, unigram_baseline)
 from modernbert_mini.model import IGNORE_INDEX
 from modernbert_mini.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, train_tokenizer
 
@@ -234,3 +237,84 @@ def test_pad_fraction_by_hand():
     assert pad_fraction([5, 5]) == 0.0
     with pytest.raises(ValueError, match="pad_to"):
         pad_fraction([4, 9], pad_to=8)
+
+
+# ----------------------------------------------------------------------------- in a training run
+def test_each_seed_masks_its_own_way_and_each_step_too():
+    """The generator a run masks step s with depends on the run's seed and on s: two seeds choose
+    different tokens at the same step, and the same (seed, step) chooses the same ones. Fails if
+    `step_generator` ignores the seed (e.g. `manual_seed(step)`) or the step."""
+    ids = sample_ids(4_000)
+
+    def chosen(seed, step):
+        _, labels = mask_tokens(ids, mask_id=MASK_ID, vocab_size=V, special_ids=SPECIAL,
+                                generator=step_generator(seed, step))
+        return labels != IGNORE_INDEX
+
+    assert torch.equal(chosen(0, 3), chosen(0, 3))
+    for a, b in [((0, 3), (1, 3)), ((1, 3), (2, 3)), ((0, 3), (0, 4)), ((5, 0), (6, 0))]:
+        same = (chosen(*a) == chosen(*b)).float().mean()
+        assert same < 0.65, (a, b)  # independent 30% draws agree on 0.7^2 + 0.3^2 = 58%
+
+
+class StubMLM(torch.nn.Module):
+    """Stands in for a ModernBertForMaskedLM with sparse prediction: its logits at the masked
+    tokens put 1.0 on the id in `guess` and 0 elsewhere, whatever the input; it records the mode
+    it was called in."""
+
+    def __init__(self, vocab_size, guess, mask_token_id=MASK_ID):
+        super().__init__()
+        self.config = type("Config", (), {"sparse_prediction": True, "mask_token_id": mask_token_id})
+        self.vocab_size, self.guess, self.modes = vocab_size, guess, []
+
+    def forward(self, input_ids, labels, cu_seqlens, max_seqlen):
+        self.modes.append(self.training)
+        chosen = labels != IGNORE_INDEX
+        logits = torch.zeros(int(chosen.sum()), self.vocab_size)
+        logits[:, self.guess] = 1.0
+        loss = torch.nn.functional.cross_entropy(logits, labels[chosen])
+        return type("Out", (), {"loss": loss, "logits": logits})
+
+
+def stub_slice():
+    """One packed batch of two sequences, four targets: two [MASK]ed (one of them token 7), one
+    random, one kept."""
+    ids = torch.tensor([CLS_ID, 7, 8, 7, SEP_ID, CLS_ID, 9, 7, SEP_ID])
+    inputs = torch.tensor([CLS_ID, MASK_ID, MASK_ID, 12, SEP_ID, CLS_ID, 9, 7, SEP_ID])
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[[1, 2, 3, 6]] = ids[[1, 2, 3, 6]]  # targets 7, 8, 7, 9
+    batch = PackedBatch(ids, torch.tensor([0, 5, 9], dtype=torch.int32), 5)
+    return [(batch, inputs, labels)]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluate_scores_in_eval_mode_and_gives_the_mode_back(training):
+    """A stub model always guessing token 7: accuracy 2/4 (targets 7, 8, 7, 9), 1/2 among the
+    [MASK]ed ones, and the loss of logits (1 at 7, 0 elsewhere) worked out by hand. Fails if
+    `evaluate` leaves the model in eval mode (no `model.train(was_training)`), or scores in
+    train mode (dropout on)."""
+    model = StubMLM(vocab_size=16, guess=7).train(training)
+    scores = evaluate(model, stub_slice(), torch.device("cpu"))
+    assert model.modes == [False] and model.training is training
+    log_z = math.log(math.e + 15)  # logsumexp of one 1 and fifteen 0
+    loss = (2 * (log_z - 1) + 2 * log_z) / 4  # the two 7s get logit 1, the 8 and the 9 get 0
+    assert scores["loss"] == pytest.approx(loss, rel=1e-6)
+    assert (scores["accuracy"], scores["mask_accuracy"], scores["masked_tokens"]) == (0.5, 0.5, 4)
+    model.modes.clear()
+    loss_by_position(model, stub_slice(), torch.device("cpu"))
+    assert model.modes == [False] and model.training is training
+
+
+def test_unigram_baseline_by_hand_without_special_tokens():
+    """Training tokens [CLS] 7 7 [SEP] [CLS] 7 [SEP] [CLS] 8 [SEP] [CLS] 9 [SEP] in a vocabulary
+    of 16: [CLS] and [SEP] are the most frequent (4 each) but never targets, so they must not
+    count. Counted: 7 three times, 8 and 9 once; add-one smoothing over 16 ids, so p(7) = 4/21,
+    p(8) = p(9) = 2/21, any other id 1/21. Targets 7, 8, 7, 9: the most frequent token (7) is
+    right twice; the loss is the mean of -log p. Fails if special tokens are counted."""
+    train_tokens = torch.tensor([CLS_ID, 7, 7, SEP_ID, CLS_ID, 7, SEP_ID, CLS_ID, 8, SEP_ID,
+                                 CLS_ID, 9, SEP_ID], dtype=torch.int32)
+    baseline = unigram_baseline(train_tokens, stub_slice(), 16, list(SPECIAL))
+    assert baseline["token_id"] == 7
+    assert baseline["accuracy"] == 0.5
+    by_hand = -(2 * math.log(4 / 21) + math.log(2 / 21) + math.log(2 / 21)) / 4
+    assert baseline["loss"] == pytest.approx(by_hand, rel=1e-12)

@@ -2,6 +2,7 @@
 directory in transformers, the loss normalisation against sequences run one at a time."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,11 +10,13 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from modernbert_mini import ModernBertConfig, ModernBertForMaskedLM
 from modernbert_mini.data import corpus_texts
 from modernbert_mini.inference import fill_mask
-from modernbert_mini.mlm import PackedLoader, mask_tokens, tokenize_documents
+from modernbert_mini.mlm import (PackedLoader, mask_tokens, masking_args, step_generator,
+                                 tokenize_documents)
 from modernbert_mini.model import IGNORE_INDEX
 from modernbert_mini.tokenizer import MASK_ID, load_tokenizer, save_tokenizer, train_tokenizer
 from modernbert_mini.loop import shard
@@ -217,3 +220,92 @@ def test_cli_and_bad_settings():
         TrainConfig(model_size="huge")
     with pytest.raises(ValueError, match="stop_after"):
         TrainConfig(max_steps=5, stop_after=6)
+
+
+class OptimizerSteps:
+    """Reads every optimizer step back from the optimizer itself, as it is about to step (a
+    global step pre-hook of torch.optim): its parameter groups' settings, its learning rate and
+    the norm of the gradients it is handed (after any clipping)."""
+
+    def __enter__(self):
+        self.steps = []
+        self.handle = register_optimizer_step_pre_hook(self.record)
+        return self
+
+    def record(self, optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.steps.append({"groups": [{k: v for k, v in g.items() if k != "params"}
+                                      for g in optimizer.param_groups],
+                           "grad_norm": float(torch.linalg.vector_norm(
+                               torch.stack([torch.linalg.vector_norm(g) for g in grads])))})
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_the_configs_optimizer_settings_reach_the_optimizer(tokenizer_dir, tmp_path):
+    """Settings that differ from every default, read back from the optimizer at each step:
+    betas, eps, weight decay (on weights, none on norms and biases), decouple_lr, the peak lr and
+    the warmup-stable-decay factors worked out by hand (warmup 2 of 5 steps: 1/2, 1; stable: 1;
+    decay 2: 1, 1 - sqrt(1/2)); with grad_clip > 0 the gradients the optimizer gets have at most
+    that norm, and the log has the norms before clipping. Fails if build_optimizer drops any of
+    the settings, if the schedule is not the config's, or if clipping is skipped."""
+    cfg = tiny_config(tokenizer_dir, tmp_path, max_steps=5, warmup_steps=2, decay_steps=2,
+                      lr=4e-3, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.05, decouple_lr=False,
+                      grad_clip=0.05, eval_every=5, save_every=5, position_eval_len=64)
+    with OptimizerSteps() as seen:
+        log = train(cfg)
+    factors = [0.5, 1.0, 1.0, 1.0, 1 - math.sqrt(0.5)]
+    assert len(seen.steps) == 5
+    for step, factor in zip(seen.steps, factors):
+        decay, no_decay = step["groups"]
+        for group in (decay, no_decay):
+            assert group["betas"] == (0.8, 0.95) and group["eps"] == 1e-7
+            assert group["decouple_lr"] is False and group["max_lr"] == 4e-3
+            assert group["lr"] == pytest.approx(4e-3 * factor, rel=1e-12)
+        assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    before = [row["grad_norm"] for row in log["history"]["train"]]
+    assert all(norm > 0.05 for norm in before)  # so every step was clipped ...
+    assert all(s["grad_norm"] == pytest.approx(0.05, rel=1e-4) for s in seen.steps)  # ... to 0.05
+    assert [row["lr"] for row in log["history"]["train"]] == pytest.approx([4e-3 * f for f in factors])
+
+
+def test_the_first_loss_recomputed_from_the_seed(uninterrupted, tokenizer_dir):
+    """Step 1's training loss, rebuilt here from the run's seed: the model initialised from
+    torch.manual_seed(seed), the loader's first batch (batch-size warmup: 192 tokens), masked
+    with the generator of (seed, step 0). Fails if masking (or anything else) ignores the run's
+    seed, e.g. `step_generator(0, step)` in the loop."""
+    out, log = uninterrupted
+    cfg = tiny_config(tokenizer_dir, out)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(cfg.seed)
+    config = ModernBertConfig.mini(vocab_size=320, sparse_prediction=True, **TINY)
+    model = ModernBertForMaskedLM(config).train()
+    seqs = tokenize_documents(corpus_texts("train")[:cfg.max_docs], tokenizer, cfg.max_len)
+    batch = PackedLoader(seqs, seed=cfg.seed).next_batch(cfg.batch_warmup_start)
+    inputs, labels = mask_tokens(batch.input_ids, **masking_args(tokenizer, config),
+                                 rate=cfg.mask_rate, generator=step_generator(cfg.seed, 0))
+    with torch.no_grad():
+        loss = model(inputs, labels=labels, cu_seqlens=batch.cu_seqlens,
+                     max_seqlen=batch.max_seqlen).loss
+    assert log["history"]["train"][0]["tokens"] == batch.num_tokens
+    assert log["history"]["train"][0]["loss"] == pytest.approx(float(loss), rel=1e-5)
+
+
+DROPOUT = dict(embedding_dropout=0.1, attention_dropout=0.1, mlp_dropout=0.1)
+
+
+def test_resume_with_dropout_on_gives_the_same_losses(tokenizer_dir, tmp_path):
+    """With dropout on, every step draws from the global RNG: a run stopped after step 2 and
+    resumed gives the losses of a run that never stopped only if the RNG state is saved and put
+    back. Fails if `load_state` skips `set_rng_state`, or if evaluation leaves the model in eval
+    mode (the dropout of the steps after an evaluation would then be off)."""
+    settings = dict(model_overrides={**TINY, **DROPOUT}, max_steps=4, warmup_steps=1,
+                    decay_steps=2, eval_every=1, save_every=100, position_eval_len=64)
+    full = train(tiny_config(tokenizer_dir, tmp_path / "full", **settings))
+    train(tiny_config(tokenizer_dir, tmp_path / "part", stop_after=2, **settings))
+    resumed = train(tiny_config(tokenizer_dir, tmp_path / "part", resume=True, **settings))
+    losses = [row["loss"] for row in full["history"]["train"]]
+    assert [row["loss"] for row in resumed["history"]["train"]] == losses
+    without = train(tiny_config(tokenizer_dir, tmp_path / "still", **{**settings, "eval_every": 4}))
+    assert [row["loss"] for row in without["history"]["train"]] == losses  # evaluating changes nothing
