@@ -1,9 +1,13 @@
 """modernbert_mini: ModernBERT, built step by step. Every module is one chapter's idea.
 
     import modernbert_mini as mm
-    model = mm.ModernBertForMaskedLM.from_pretrained("answerdotai/ModernBERT-base")
-    tokenizer = mm.load_tokenizer("answerdotai/ModernBERT-base")
-    mm.fill_mask(model, tokenizer, "The capital of France is [MASK].")
+    from modernbert_mini.checkpoint import load_pretrained
+    model, tokenizer, log = load_pretrained()  # the mini model that ships in the package
+    mm.fill_mask(model, tokenizer, "for i in [MASK](len(items)):")
+    mm.similarity(*mm.embed(model, tokenizer, ["import os", "import sys"]))  # (1, 1) cosine
+
+ModernBERT-base itself: mm.ModernBertForMaskedLM.from_pretrained("answerdotai/ModernBERT-base")
+(downloads from the Hugging Face hub). README.md, "Quickstart", shows fine-tuning and saving.
 
 Importing the package loads torch, safetensors and tokenizers only; what only the notebooks
 need (matplotlib, ipywidgets, IPython) is imported by the modules that use it (viz.py).
@@ -11,7 +15,8 @@ need (matplotlib, ipywidgets, IPython) is imported by the modules that use it (v
 
 from . import runtime
 from .config import ModernBertConfig
-from .inference import MaskPrediction, embed, encode, fill_mask, num_parameters
+from .hub import save_sentence_transformers
+from .inference import MaskPrediction, embed, encode, fill_mask, num_parameters, similarity
 from .model import (ModernBertForMaskedLM, ModernBertForSequenceClassification,
                     ModernBertForTokenClassification, ModernBertModel)
 from .tokenizer import load_tokenizer
@@ -28,6 +33,8 @@ __all__ = [
     "encode",
     "fill_mask",
     "embed",
+    "similarity",
+    "save_sentence_transformers",
     "num_parameters",
     "MaskPrediction",
     "runtime",

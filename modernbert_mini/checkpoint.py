@@ -65,6 +65,10 @@ def load_pretrained(directory: str | Path = PRETRAINED_DIR) -> tuple[ModernBertF
     """(model in float32, tokenizer, log) of the committed mini checkpoint (or another export)."""
     directory = Path(directory)
     if not (directory / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{directory} holds no model.safetensors: run `make mini-checkpoint`")
+        raise FileNotFoundError(
+            f"{directory} holds no model.safetensors: a checkpoint folder holds config.json, "
+            "model.safetensors, tokenizer.json and log.json (what `export` writes; the package "
+            "ships one at modernbert_mini/assets/mini); in a clone of the repository, "
+            "`make mini-checkpoint` makes it again from a `make pretrain` run")
     return (ModernBertForMaskedLM.from_pretrained(directory), load_tokenizer(directory),
             json.loads((directory / LOG_FILE).read_text()))

@@ -41,6 +41,7 @@ from torch import nn
 
 from . import data, loop
 from .config import ModernBertConfig
+from .hub import save_sentence_transformers
 from .mlm import PackedBatch, collate
 from .model import ModernBertForSequenceClassification, ModernBertModel
 from .runtime import autocast
@@ -221,6 +222,12 @@ class BiEncoder(nn.Module):
     def forward(self, batch: PackedBatch) -> torch.Tensor:  # -> (N, H)
         encoded = self.encoder.encode(**to_device(batch, self.device))  # (T, H), packed
         return F.normalize(encoded.pool("mean").float(), dim=-1)  # (N, H)
+
+    def save_sentence_transformers(self, directory: str | Path, tokenizer: Tokenizer) -> Path:
+        """A folder that sentence-transformers loads (`SentenceTransformer(directory)`) and that
+        embeds as this bi-encoder does: mean pooling, unit length (`hub.save_sentence_transformers`)."""
+        return save_sentence_transformers(self.encoder, directory, tokenizer, pooling="mean",
+                                          normalize=True)
 
 
 def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor,

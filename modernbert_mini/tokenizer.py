@@ -22,6 +22,7 @@ This module holds, in the order chapter 1 builds them:
 5. `to_sequences`: the one way from texts to token ids, as `Sequences` (one flat tensor and its
    offsets), each text [CLS] ... [SEP] and split or cut at max_len; pretraining, fine-tuning,
    inference and counting all go through it, and it never changes the caller's tokenizer.
+   It takes a `tokenizers.Tokenizer` or a transformers fast tokenizer (`as_tokenizer`).
 
 Our special tokens come first, so their ids are fixed and small: [UNK]=0 [CLS]=1 [SEP]=2
 [PAD]=3 [MASK]=4 (the mini configs use these). ModernBERT's tokenizer keeps OLMo's 50,280 ids and
@@ -266,15 +267,33 @@ def _fill_vocab(tokenizer: Tokenizer, size: int) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(spec)) if missing > 0 else tokenizer
 
 
+def as_tokenizer(tokenizer) -> Tokenizer:
+    """The `tokenizers.Tokenizer` of a tokenizer: itself, or a transformers fast tokenizer's
+    (`AutoTokenizer.from_pretrained(...)`, a PreTrainedTokenizerFast), which wraps one."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if isinstance(backend, Tokenizer):
+        return backend
+    raise ValueError(f"tokenizer must be a tokenizers.Tokenizer (load_tokenizer) or a transformers "
+                     f"fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)), "
+                     f"got {type(tokenizer).__name__}")
+
+
 def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path:
     """Write tokenizer.json (and a tokenizer_config.json for `transformers`) into `directory`.
 
     `transformers.AutoTokenizer.from_pretrained(directory)` then loads it as a fast tokenizer
-    with the same ids. Returns the path of tokenizer.json.
+    with the same ids. A transformers tokenizer saves itself (its `save_pretrained`), with its
+    own settings. Returns the path of tokenizer.json.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / TOKENIZER_FILE
+    if not isinstance(tokenizer, Tokenizer):
+        as_tokenizer(tokenizer)  # a ValueError unless it is a transformers fast tokenizer
+        tokenizer.save_pretrained(directory)
+        return path
     tokenizer.save(str(path))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -441,7 +460,8 @@ def _split_evenly(ids: list[int], room: int) -> list[list[int]]:
 
 
 def to_sequences(tokenizer: Tokenizer, texts: Sequence[Text], max_len: int | None = None, *,
-                 overflow: str = "error", special_tokens: bool = True) -> Sequences:
+                 overflow: str = "error", special_tokens: bool = True,
+                 advice: str = "cut them (to_sequences' overflow='truncate') or allow more") -> Sequences:
     """Texts (or pairs) as token ids, each [CLS] text [SEP] as the tokenizer's template makes it.
 
     A text of more than `max_len` tokens (special tokens included) is, by `overflow`:
@@ -451,14 +471,16 @@ def to_sequences(tokenizer: Tokenizer, texts: Sequence[Text], max_len: int | Non
     - "split": cut into the fewest nearly equal chunks, each its own [CLS] ... [SEP], so every token
       is in exactly one sequence (pretraining documents); an empty text gives no sequence.
     special_tokens=False: the bare ids (no [CLS] or [SEP]), as counting wants them.
-    The tokenizer is read through a copy: its own padding and truncation settings stay as they are.
+    advice: what the "error" message tells the caller to do (a helper names its own option).
+    The tokenizer (a `tokenizers.Tokenizer` or a transformers fast tokenizer) is read through a
+    copy: its own padding and truncation settings stay as they are.
     """
     if overflow not in OVERFLOW:
         raise ValueError(f"overflow={overflow!r} is invalid: choose one of {OVERFLOW}")
     if max_len is not None and (not isinstance(max_len, int) or isinstance(max_len, bool)
                                 or max_len < 1):
         raise ValueError(f"max_len={max_len!r} is invalid: must be None or a positive integer")
-    plain = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's settings stay as they were
+    plain = Tokenizer.from_str(as_tokenizer(tokenizer).to_str())  # a copy: the caller's settings stay as they were
     plain.no_padding()
     plain.no_truncation()
     if overflow == "split":
@@ -475,9 +497,7 @@ def to_sequences(tokenizer: Tokenizer, texts: Sequence[Text], max_len: int | Non
     if too_long:
         i = too_long[0]
         raise ValueError(f"texts[{i}] is {len(encodings[i].ids)} tokens long, more than "
-                         f"max_length={max_len} ({len(too_long)} of {len(texts)} texts are): "
-                         "cut them (encode's truncation=True, to_sequences' overflow='truncate') "
-                         "or allow more")
+                         f"max_length={max_len} ({len(too_long)} of {len(texts)} texts are): {advice}")
     return Sequences.of([e.ids for e in encodings])
 
 

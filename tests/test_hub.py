@@ -138,19 +138,24 @@ def test_mlm_checkpoint_into_bare_encoder(tmp_path):
     ref = saved_reference("ModernBertForMaskedLM", tmp_path)
     with pytest.raises(ValueError, match=r"(?s)unexpected \(3\): decoder\.bias, head\.dense\.weight, "
                                          r"head\.norm\.weight.*strict=False"):
-        mm.ModernBertModel.from_pretrained(tmp_path)
-    with pytest.warns(UserWarning, match=r"dropped \(3\): decoder\.bias"):
-        ours = mm.ModernBertModel.from_pretrained(tmp_path, strict=False)
+        mm.ModernBertModel.from_pretrained(tmp_path, strict=True)
+    with pytest.warns(UserWarning, match=r"not used \(3\): decoder\.bias"):
+        ours = mm.ModernBertModel.from_pretrained(tmp_path)
     assert compare(ours, ref.model) < TOL
 
 
 def test_mlm_checkpoint_into_classifier(tmp_path):
-    """Fine-tuning's start: the MLM head's dense/norm are reused, the classifier starts fresh."""
+    """Fine-tuning's start, as in transformers: the MLM head's dense/norm are reused, the
+    classifier starts fresh, and a warning names the same new weights as transformers does."""
     ref = saved_reference("ModernBertForMaskedLM", tmp_path)
     with pytest.raises(ValueError, match=r"missing \(2\): classifier\.bias, classifier\.weight"):
-        mm.ModernBertForSequenceClassification.from_pretrained(tmp_path, num_labels=4)
-    with pytest.warns(UserWarning, match=r"initialised, not loaded \(2\): classifier\.bias"):
-        ours = mm.ModernBertForSequenceClassification.from_pretrained(tmp_path, num_labels=4, strict=False)
+        mm.ModernBertForSequenceClassification.from_pretrained(tmp_path, num_labels=4, strict=True)
+    with pytest.warns(UserWarning, match=r"(?s)newly initialised \(2\): classifier\.bias, "
+                                         r"classifier\.weight.*not used \(1\): decoder\.bias.*train"):
+        ours = mm.ModernBertForSequenceClassification.from_pretrained(tmp_path, num_labels=4)
+    _, info = tf.AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=4,
+                                                                    output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
     assert ours.num_labels == 4
     assert torch.equal(ours.head.dense.weight, ref.head.dense.weight)
     assert torch.equal(ours.model.layers[1].attn.Wqkv.weight, ref.model.layers[1].attn.Wqkv.weight)
@@ -159,9 +164,9 @@ def test_mlm_checkpoint_into_classifier(tmp_path):
 def test_bare_checkpoint_into_mlm(tmp_path):
     ref = saved_reference("ModernBertModel", tmp_path)
     with pytest.raises(ValueError, match=r"missing \(3\): decoder\.bias, head\.dense\.weight, head\.norm\.weight"):
-        mm.ModernBertForMaskedLM.from_pretrained(tmp_path)
-    with pytest.warns(UserWarning):
-        ours = mm.ModernBertForMaskedLM.from_pretrained(tmp_path, strict=False)
+        mm.ModernBertForMaskedLM.from_pretrained(tmp_path, strict=True)
+    with pytest.warns(UserWarning, match=r"newly initialised \(3\)"):
+        ours = mm.ModernBertForMaskedLM.from_pretrained(tmp_path)
     with torch.no_grad():
         assert max_abs_diff(ours.model(IDS, MASK).last_hidden_state,
                             ref(IDS, attention_mask=MASK).last_hidden_state, MASK.bool()) < TOL
@@ -183,10 +188,12 @@ def test_missing_encoder_key_is_an_error_even_when_not_strict(tmp_path):
             mm.ModernBertForMaskedLM.from_pretrained(tmp_path, strict=strict)
 
 
-def test_unexpected_key_is_an_error(tmp_path):
+def test_unexpected_key_is_an_error_when_strict(tmp_path):
     saved_reference("ModernBertModel", tmp_path)
     rewrite_weights(tmp_path, lambda t: t.update({"layers.0.attn.rotary.inv_freq": torch.zeros(4)}))
     with pytest.raises(ValueError, match=r"unexpected \(1\): layers\.0\.attn\.rotary\.inv_freq"):
+        mm.ModernBertModel.from_pretrained(tmp_path, strict=True)
+    with pytest.warns(UserWarning, match=r"not used \(1\): layers\.0\.attn\.rotary\.inv_freq"):
         mm.ModernBertModel.from_pretrained(tmp_path)
 
 
@@ -268,7 +275,7 @@ def test_loading_initialises_nothing(tmp_path, monkeypatch):
 
 def test_missing_head_gets_a_real_initialisation(tmp_path):
     saved_ours("ModernBertModel", tmp_path)
-    with pytest.warns(UserWarning, match=r"initialised, not loaded \(3\)"):
+    with pytest.warns(UserWarning, match=r"newly initialised \(3\)"):
         model = mm.ModernBertForMaskedLM.from_pretrained(tmp_path, strict=False)
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     assert model.decoder.weight is model.model.embeddings.tok_embeddings.weight
@@ -343,7 +350,7 @@ def test_missing_and_extra_keys_name_themselves(tmp_path):
     rewrite_weights(tmp_path, lambda t: (t.pop("head.norm.weight"), t.update({"head.extra": torch.zeros(2)})))
     with pytest.raises(ValueError, match=r"(?s)missing \(1\): head\.norm\.weight.*"
                                          r"unexpected \(1\): head\.extra.*strict=False"):
-        mm.ModernBertForMaskedLM.from_pretrained(tmp_path)
+        mm.ModernBertForMaskedLM.from_pretrained(tmp_path, strict=True)
 
 
 # ----------------------------------------------------------------------------- nothing lost
@@ -401,7 +408,7 @@ def test_labels_that_disagree_with_the_head(tmp_path):
         mm.ModernBertForSequenceClassification.from_pretrained(tmp_path, num_labels=2, strict=False)
     two = {0: "no", 1: "yes"}  # fine-tuning's start: an MLM, a new head named by id2label=
     saved_ours("ModernBertForMaskedLM", tmp_path / "mlm")
-    with pytest.warns(UserWarning, match=r"initialised, not loaded \(2\): classifier"):
+    with pytest.warns(UserWarning, match=r"newly initialised \(2\): classifier"):
         model = mm.ModernBertForSequenceClassification.from_pretrained(tmp_path / "mlm", id2label=two,
                                                                        strict=False)
     assert model.num_labels == 2 and model.config.id2label == two

@@ -205,4 +205,4 @@ def test_num_parameters_equals_the_reference(class_name):
         for exclude_embeddings in (False, True):
             assert ours.num_parameters(only_trainable, exclude_embeddings) == \
                    ref.num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
-    assert mm.num_parameters(ours, non_embedding=True) == ours.num_parameters(exclude_embeddings=True)
+    assert mm.num_parameters(ours, exclude_embeddings=True) == ours.num_parameters(exclude_embeddings=True)

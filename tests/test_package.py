@@ -195,7 +195,7 @@ def test_num_parameters_are_the_published_counts():
     assert mm.num_parameters(base_mlm) == 149_655_232  # decoder tied: counted once, + its bias
     assert mm.num_parameters(large_encoder) == 394_781_696
     assert mm.num_parameters(large_mlm) == 395_881_664
-    assert mm.num_parameters(base_encoder, non_embedding=True) == 149_014_272 - 50368 * 768
+    assert mm.num_parameters(base_encoder, exclude_embeddings=True) == 149_014_272 - 50368 * 768
 
 
 @pytest.mark.parametrize("class_name", ["ModernBertModel", "ModernBertForMaskedLM",
@@ -205,9 +205,9 @@ def test_num_parameters_agrees_with_transformers(class_name):
                                       num_hidden_layers=3, num_attention_heads=2)
     ours = getattr(mm, class_name)(config)
     theirs = getattr(tf, class_name)(tf.ModernBertConfig(**config.to_hf_dict()))
-    for non_embedding in (False, True):
-        assert mm.num_parameters(ours, non_embedding=non_embedding) == \
-               theirs.num_parameters(exclude_embeddings=non_embedding)
+    for exclude in (False, True):
+        assert mm.num_parameters(ours, exclude_embeddings=exclude) == \
+               theirs.num_parameters(exclude_embeddings=exclude)
 
 
 def test_fill_mask_agrees_with_transformers_pipeline(tokenizer, tmp_path):
