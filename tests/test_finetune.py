@@ -337,3 +337,39 @@ def test_compare_refuses_unknown_parts(tmp_path):
         ex.compare(tmp_path, tmp_path, only=["everything"])
     with pytest.raises(ValueError, match="cache=True"):
         ex.compare(tmp_path, tmp_path, only=["curve"], cache=False)
+
+
+def test_fit_hands_the_config_and_its_schedule_to_the_optimizer(tokenizer):
+    """Ten steps of `fit`, read back from the optimizer as it steps (a global step pre-hook):
+    settings that differ from every default, and the learning rate of each step worked out by
+    hand (warmup 20% = 2 steps: 1/2, 1; stable 4 steps; decay 40% = 4 steps: 1 - sqrt(k/4)).
+    With grad_clip the gradients it gets have at most that norm. Fails if fit drops its decay or
+    warmup, or the config's betas, eps, weight decay, decouple_lr or grad_clip."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    torch.manual_seed(0)
+    model = ModernBertForSequenceClassification(tiny_config(), num_labels=3)
+    batch = ft.collate(to_sequences(tokenizer, TEXTS, 32, overflow="truncate"), range(4))
+    labels = torch.tensor([0, 1, 2, 1])
+    seen = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad.flatten() for g in optimizer.param_groups for p in g["params"]]
+        seen.append(([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+                     float(torch.cat(grads).norm())))
+    cfg = ft.FinetuneConfig(lr=2e-3, betas=(0.7, 0.9), eps=1e-5, weight_decay=0.2,
+                            decouple_lr=True, grad_clip=1e-3, warmup_ratio=0.2, decay_ratio=0.4,
+                            progress=False)
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        ft.fit(model, range(10), lambda _: ft.classifier_batch_loss(model, batch, labels), cfg)
+    finally:
+        handle.remove()
+    factors = [0.5, 1, 1, 1, 1, 1, 1, 1 - math.sqrt(1 / 4), 1 - math.sqrt(2 / 4), 1 - math.sqrt(3 / 4)]
+    assert len(seen) == 10
+    for (groups, grad_norm), factor in zip(seen, factors):
+        assert [g["weight_decay"] for g in groups] == [0.2, 0.0]  # none on norms and biases
+        for g in groups:
+            assert (g["betas"], g["eps"], g["decouple_lr"], g["max_lr"]) == ((0.7, 0.9), 1e-5, True, 2e-3)
+            assert g["lr"] == pytest.approx(2e-3 * factor, rel=1e-12)
+        assert grad_norm == pytest.approx(1e-3, rel=1e-3)  # clipped: the loss's gradient is larger
