@@ -26,20 +26,34 @@ rotated by RoPE; the output has the same shape.
 
 On a GPU the capability decides (runtime.py holds the thresholds):
 
-| capability              | "auto" picks                            | forcing triton / flash_attn            |
-|-------------------------|-----------------------------------------|----------------------------------------|
-| >= 8.0 (A100, L4, H100) | flash_attn, else triton, else PyTorch's | both run, bf16 included                |
-| 7.x (V100, T4)          | PyTorch's kernels (local, varlen, sdpa) | triton in fp32/fp16, no tensor cores;  |
-|                         |                                         | its bf16, and flash_attn: ValueError   |
-| < 7.0 (P100)            | PyTorch's kernels                       | ValueError: Triton does not run there  |
+| capability              | "auto" picks                    | forcing triton / flash_attn            |
+|-------------------------|---------------------------------|----------------------------------------|
+| >= 8.0 (A100, L4, H100) | flash_attn (fp16/bf16, where    | both run, bf16 included                |
+|                         | installed), else sdpa           |                                        |
+| 7.x (V100, T4)          | sdpa                            | triton in fp32/fp16, no tensor cores;  |
+|                         |                                 | its bf16, and flash_attn: ValueError   |
+| < 7.0 (P100)            | sdpa                            | ValueError: Triton does not run there  |
+
+The rule on a GPU is "never slower than PyTorch until a GPU says otherwise": flash-attn is
+FlashAttention-2 itself, and PyTorch's SDPA runs its own flash or memory-efficient kernels. The
+Triton kernel of chapter 7 runs only by name (`attention_backend="triton"`): no GPU has yet
+measured it against SDPA (its tile table, `flash.TILES`, is a first guess per capability). What
+would change the rule: `tools/gpu_check.sh` times every backend against SDPA at the bench's shapes
+on a real GPU; where the Triton kernel wins there, it earns a place in `AUTO`. On the CPU, "auto"
+runs local layers blocked from 256 tokens (`BLOCKED_FROM`), `varlen` or SDPA otherwise.
 
 bf16 counts only where the GPU has bf16 units (>= 8.0): a T4 emulates it, so a model moved to
 bf16 there runs PyTorch's kernels (slowly) rather than a compiled kernel that would refuse it.
+
+While torch.compile traces, "auto" keeps a padded batch padded (unpadding it would have shapes
+that depend on the data), and the hardware is read once, as constants (runtime.py).
+
+`attention_backend="local"` names the blocked kernel for the sliding-window layers; it has no
+global form, so global layers run what "auto" picks for them.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -246,7 +260,8 @@ def typical_length(batch: Batch) -> float:
 
 def _tiled(q, k, v, batch, window, dropout_p):
     from .flash import tiled_attention
-    return tiled_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, window)
+    return tiled_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, window,
+                           seqlens=batch.seqlens)  # the host lengths: no sync per layer
 
 
 def _triton(q, k, v, batch, window, dropout_p):
@@ -261,11 +276,6 @@ def _flash_attn(q, k, v, batch, window, dropout_p):
     cu, longest = batch.cu_seqlens, batch.max_seqlen
     return flash_attn_varlen_func(q, k, v, cu, cu, longest, longest, dropout_p=dropout_p,
                                   softmax_scale=q.shape[-1] ** -0.5, causal=False, window_size=half)
-
-
-@functools.cache
-def _flash_attn_here() -> bool:
-    return runtime.detect().flash_attn
 
 
 def _triton_here(device: str) -> bool:
@@ -306,11 +316,12 @@ class Backend:
         capability: the CUDA GPU's (major, minor), None where unknown or not CUDA.
         """
         layer = "global" if window is None else "local"
-        usable = self.usable(device) if installed is None else installed
-        if device not in self.devices or not usable:
-            return f"it does not run on {device} here"
+        if device not in self.devices:
+            return f"it does not run on {device}"
         if dtype not in self.dtypes:
             return f"it does not take {dtype}"
+        if not (self.usable(device) if installed is None else installed):  # last: it may import
+            return f"it does not run on {device} here"
         if device == "cuda" and capability is not None:
             if self.min_capability is not None and tuple(capability) < self.min_capability:
                 return (f"it needs a GPU of compute capability >= {_version(self.min_capability)}, "
@@ -336,16 +347,17 @@ BACKENDS = {b.name: b for b in (
             usable=_triton_here, min_capability=runtime.MIN_CAPABILITY_TRITON,
             auto_capability=runtime.MIN_CAPABILITY_TRITON_DOT, native_bf16=True),
     Backend("flash_attn", _flash_attn, "unpadded", ("cuda",), dtypes=HALVES, dropout=True,
-            usable=lambda device: _flash_attn_here(),
+            usable=lambda device: runtime.flash_attn_importable(),
             min_capability=runtime.MIN_CAPABILITY_FLASH_ATTN, native_bf16=True),
 )}
 assert ("auto", *BACKENDS) == ATTENTION_BACKENDS, "config.ATTENTION_BACKENDS lists these names"
 
 # What "auto" tries, fastest first, per device and layout: the first that supports the call wins
-# (on a GPU below a backend's auto_capability, it is passed over).
+# (on a GPU below a backend's auto_capability, it is passed over). On a GPU: flash-attn, else
+# PyTorch's SDPA, until a GPU measurement says otherwise (the module's docstring).
 AUTO = {
-    ("cuda", "unpadded"): ("flash_attn", "triton", "local", "varlen"),
-    ("cuda", "padded"): ("flash_attn", "local", "sdpa"),
+    ("cuda", "unpadded"): ("flash_attn", "sdpa"),
+    ("cuda", "padded"): ("flash_attn", "sdpa"),
 }
 AUTO_DEFAULT = {"unpadded": ("local", "varlen"), "padded": ("local", "sdpa")}
 
@@ -371,6 +383,8 @@ def choose(name: str, batch: Batch, q: torch.Tensor, window: int | None,
     installed = installed or {}
     if capability is None and device == "cuda":
         capability = runtime.cuda_capability(q.device if q.is_cuda else None)
+    if name == "local" and window is None:
+        name = "auto"  # "local" has no global form: global layers run what "auto" picks
     if name != "auto":
         backend = BACKENDS[check_backend_name(name)]
         why_not = backend.supports(device, q.dtype, window, dropout_p, installed.get(name),
@@ -379,8 +393,11 @@ def choose(name: str, batch: Batch, q: torch.Tensor, window: int | None,
             raise ValueError(f"attention backend {name!r} cannot run this layer: {why_not}")
         return backend
     layout = "unpadded" if batch.is_unpadded else "padded"
+    tracing = torch.compiler.is_compiling()
     for candidate in AUTO.get((device, layout), AUTO_DEFAULT[layout]):
         backend = BACKENDS[candidate]
+        if tracing and layout == "padded" and backend.layout == "unpadded" and batch.padding_mask is not None:
+            continue  # unpadding has shapes that depend on the data: torch.compile keeps it padded
         if candidate == "local" and not blocked_pays(typical_length(batch), window):
             continue  # short inputs: the dense mask is cheaper (see BLOCKED_FROM)
         if (backend.auto_capability is not None and capability is not None

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+from typing import Optional
 
 import torch
 
@@ -117,15 +118,17 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, window, scale,
 
 
 # ----------------------------------------------------------------------------- in PyTorch
-def tiled_attention(q, k, v, cu_seqlens, max_seqlen, window=None, scale=None, block_size=64):
+def tiled_attention(q, k, v, cu_seqlens, max_seqlen, window=None, scale=None, block_size=64, *,
+                    seqlens=None):
     """Exact attention over packed sequences, tile by tile with online softmax, in PyTorch.
 
     q, k, v: (T, nh, hd) unpadded tokens; cu_seqlens: (N + 1,) int32 offsets; max_seqlen: the
     longest sequence; window: None (global) or the total sliding window, even; scale: default
-    hd ** -0.5. Returns (T, nh, hd) in q's dtype. Softmax statistics are float32 (float64 for
-    float64 inputs). Differentiable: autograd goes through the plain operations.
+    hd ** -0.5; seqlens: the N lengths on the host, as `triton_attention` takes them (None: read
+    from cu_seqlens, one sync). Returns (T, nh, hd) in q's dtype. Softmax statistics are float32
+    (float64 for float64 inputs). Differentiable: autograd goes through the plain operations.
     """
-    offsets, scale = _check_inputs(q, k, v, cu_seqlens, max_seqlen, window, scale)
+    offsets, scale = _check_inputs(q, k, v, cu_seqlens, max_seqlen, window, scale, seqlens)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     half = None if window is None else window // 2
@@ -237,58 +240,104 @@ def triton_attention(q, k, v, cu_seqlens, max_seqlen, window=None, scale=None, *
     if (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16
             or block_size & (block_size - 1)):
         raise ValueError(f"block_size must be a power of two >= 16, got {block_size!r}")
-    return _TritonAttention.apply(q, k, v, cu_seqlens, max_seqlen, window, scale, block_size)
+    return _triton_forward(q, k, v, cu_seqlens, max_seqlen, window, scale, block_size)[0]
 
 
-class _TritonAttention(torch.autograd.Function):
-    """Forward saves the logsumexp; backward recomputes the probabilities tile by tile."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, window, scale, block_size):
-        q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-        T, nh, hd = q.shape
-        out = torch.empty((T, nh, hd), dtype=q.dtype, device=q.device)  # (T, nh, hd)
-        lse = torch.empty((nh, T), dtype=torch.float32, device=q.device)  # (nh, T) logsumexp
-        if T > 0:
-            grid = _grid(cu_seqlens, max_seqlen, block_size, nh)
-            with _on_device_of(q):
-                _jitted(_forward_kernel)[grid](
-                    q, k, v, out, lse, cu_seqlens,
-                    q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                    out.stride(0), out.stride(1), T, hd, scale, _half(window),
-                    **_constants(q, window, block_size), **FORWARD_LAUNCH)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-        ctx.max_seqlen, ctx.window = max_seqlen, window
-        ctx.scale, ctx.block_size = scale, block_size
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-        grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()  # (T, nh, hd)
-        T, nh, hd = q.shape
-        # delta = rowsum(dO * O), the "preprocess" of FlashAttention-2, in plain PyTorch
-        delta = (grad_out.float() * out.float()).sum(-1).transpose(0, 1).contiguous()  # (nh, T)
-        dq, dk, dv = (torch.empty((T, nh, hd), dtype=q.dtype, device=q.device) for _ in range(3))
-        if T > 0:
-            block, window = ctx.block_size, ctx.window
-            grid = _grid(cu_seqlens, ctx.max_seqlen, block, nh)
-            strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
-                       v.stride(1), grad_out.stride(0), grad_out.stride(1))
-            with _on_device_of(q):
-                _jitted(_backward_dkdv_kernel)[grid](
-                    q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens, *strides,
-                    dk.stride(0), dk.stride(1), T, hd, ctx.scale, _half(window),
-                    **_constants(q, window, block), **BACKWARD_LAUNCH)
-                _jitted(_backward_dq_kernel)[grid](
-                    q, k, v, grad_out, lse, delta, dq, cu_seqlens, *strides,
-                    dq.stride(0), dq.stride(1), T, hd, ctx.scale, _half(window),
-                    **_constants(q, window, block), **BACKWARD_LAUNCH)
-        return dq, dk, dv, None, None, None, None, None
+# The kernels reach PyTorch as two custom ops, forward and backward, each with a "fake" version
+# that only says the shapes and dtypes of its outputs. That is what torch.compile traces through
+# (one graph, no break at an opaque Python call) and what a rehearsal on fake CUDA tensors runs
+# (tests/test_gpu_rehearsal.py); autograd joins the two (register_autograd, below).
+@torch.library.custom_op("modernbert_mini::triton_attention", mutates_args=())
+def _triton_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                    max_seqlen: int, window: Optional[int], scale: float,
+                    block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (T, nh, hd), the logsumexp of each query's scores (nh, T) in float32)."""
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    T, nh, hd = q.shape
+    out = torch.empty((T, nh, hd), dtype=q.dtype, device=q.device)  # (T, nh, hd)
+    lse = torch.empty((nh, T), dtype=torch.float32, device=q.device)  # (nh, T) logsumexp
+    if T > 0:
+        grid = _grid(cu_seqlens, max_seqlen, block_size, nh)
+        with _on_device_of(q):
+            _jitted(_forward_kernel)[grid](
+                q, k, v, out, lse, cu_seqlens,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                out.stride(0), out.stride(1), T, hd, scale, _half(window),
+                **_constants(q, window, block_size), **launch_options(q.device)[0])
+    return out, lse
 
 
-FORWARD_LAUNCH = dict(num_warps=4, num_stages=2)  # what each kernel is launched (and compiled) with
-BACKWARD_LAUNCH = dict(num_warps=4, num_stages=1)
+@_triton_forward.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, window, scale, block_size):
+    T, nh, _ = q.shape
+    return torch.empty_like(q), q.new_empty((nh, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("modernbert_mini::triton_attention_backward", mutates_args=())
+def _triton_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_seqlen: int, window: Optional[int], scale: float,
+                     block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv: the forward's probabilities recomputed tile by tile from the logsumexp."""
+    q, k, v, out, grad_out = (x if x.stride(-1) == 1 else x.contiguous()
+                              for x in (q, k, v, out, grad_out))  # (T, nh, hd)
+    T, nh, hd = q.shape
+    # delta = rowsum(dO * O), the "preprocess" of FlashAttention-2, in plain PyTorch
+    delta = (grad_out.float() * out.float()).sum(-1).transpose(0, 1).contiguous()  # (nh, T)
+    dq, dk, dv = (torch.empty((T, nh, hd), dtype=q.dtype, device=q.device) for _ in range(3))
+    if T > 0:
+        grid = _grid(cu_seqlens, max_seqlen, block_size, nh)
+        strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
+                   v.stride(1), grad_out.stride(0), grad_out.stride(1))
+        constants, launch = _constants(q, window, block_size), launch_options(q.device)[1]
+        with _on_device_of(q):
+            _jitted(_backward_dkdv_kernel)[grid](
+                q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens, *strides,
+                dk.stride(0), dk.stride(1), T, hd, scale, _half(window), **constants, **launch)
+            _jitted(_backward_dq_kernel)[grid](
+                q, k, v, grad_out, lse, delta, dq, cu_seqlens, *strides,
+                dq.stride(0), dq.stride(1), T, hd, scale, _half(window), **constants, **launch)
+    return dq, dk, dv
+
+
+@_triton_backward.register_fake
+def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, window, scale, block_size):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _save_for_backward(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, window, scale, block_size = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
+    ctx.settings = (max_seqlen, window, scale, block_size)
+
+
+def _gradients(ctx, grad_out, grad_lse):  # the logsumexp is a by-product: no gradient flows to it
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = _triton_backward(grad_out, q, k, v, out, lse, cu_seqlens, *ctx.settings)
+    return dq, dk, dv, None, None, None, None, None
+
+
+_triton_forward.register_autograd(_gradients, setup_context=_save_for_backward)
+
+
+# Launch options per GPU generation, (forward, backward): warps per program and the stages of
+# software pipelining (how many tiles of K and V are in flight while one is multiplied; 8.0 brought
+# asynchronous copies that make more than one pay). A first guess, not yet measured on a GPU:
+# tools/gpu_check.sh times the kernel against SDPA, and a GPU's numbers should set these
+# (tests/test_flash_compile.py checks that each fits its GPU's shared memory). The CPU's
+# interpreter ignores them.
+LAUNCH = {
+    (7, 0): (dict(num_warps=4, num_stages=2), dict(num_warps=4, num_stages=1)),  # V100, T4
+    (8, 0): (dict(num_warps=4, num_stages=3), dict(num_warps=4, num_stages=2)),  # A100, L4, H100
+}
+
+
+def launch_options(where: torch.device | tuple[int, int] | None) -> tuple[dict, dict]:
+    """(forward, backward) launch options for a device or a capability: the row of the newest
+    generation that is not newer than it (the CPU: the first row)."""
+    capability = cuda_capability(where) if isinstance(where, torch.device) else where
+    rows = [row for row in LAUNCH if capability is not None and row <= tuple(capability)]
+    return LAUNCH[max(rows, default=min(LAUNCH))]
 
 
 GRID_YZ_LIMIT = 65_535  # CUDA's most programs on grid axes 1 and 2 (axis 0: 2^31 - 1)

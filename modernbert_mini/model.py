@@ -440,7 +440,8 @@ def pool(x: torch.Tensor, how: str, padding_mask: torch.Tensor | None = None,
         if how == "cls":
             return x[starts]
         lengths = cu_seqlens.diff()  # (N,)
-        rows = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths)  # (T,)
+        rows = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths,
+                                       output_size=x.shape[0])  # (T,); the size given: no sync
         return x.new_zeros(len(lengths), x.shape[-1]).index_add_(0, rows, x) / lengths.to(x.dtype)[:, None]
     if padding_mask is None:
         return x[:, 0] if how == "cls" else x.mean(dim=1)

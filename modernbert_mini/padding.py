@@ -20,7 +20,7 @@ One `Batch` describes a batch as the layers see it, built once per forward:
 
 The batch also holds what every layer would otherwise recompute: RoPE's cos and sin for each
 theta, and whatever a backend caches (a dense mask, once per window). The host-side lengths are
-read once when an unpadded batch is made (the only device-to-host copy of a forward).
+read once when an unpadded batch is made (`to_host`: the only device-to-host copy of a forward).
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from .rope import rope_cos_sin
+
+
+def to_host(x: torch.Tensor) -> list[int]:
+    """The one device-to-host copy of a forward: row lengths or offsets, as Python ints. (On a
+    GPU the host waits here for the GPU; tests/test_gpu_rehearsal.py counts the calls.)"""
+    return x.tolist()
 
 
 @dataclass
@@ -63,19 +69,21 @@ class Batch:
         left-padded row starts past 0; RoPE only sees distances, so nothing else changes).
         """
         mask = attention_mask.bool()  # (B, S)
-        return cls._unpad(mask, tuple(mask.sum(dim=1).tolist()))  # the one device-to-host copy
+        lengths = mask.sum(dim=1)  # (B,) on the device
+        return cls._unpad(mask, lengths, tuple(to_host(lengths)))
 
     @classmethod
     def from_mask(cls, attention_mask: torch.Tensor) -> Batch:
         """Unpadded if the mask has any padding, else padded with no mask at all."""
         mask = attention_mask.bool()  # (B, S)
-        seqlens = tuple(mask.sum(dim=1).tolist())  # the one device-to-host copy
+        lengths = mask.sum(dim=1)  # (B,) on the device
+        seqlens = tuple(to_host(lengths))
         if all(n == mask.shape[1] for n in seqlens):
             return cls.padded(mask.shape[1], device=mask.device)
-        return cls._unpad(mask, seqlens)
+        return cls._unpad(mask, lengths, seqlens)
 
     @classmethod
-    def _unpad(cls, mask: torch.Tensor, seqlens: tuple[int, ...]) -> Batch:
+    def _unpad(cls, mask: torch.Tensor, lengths: torch.Tensor, seqlens: tuple[int, ...]) -> Batch:
         empty = [row for row, n in enumerate(seqlens) if n == 0]
         if empty:
             raise ValueError(f"attention_mask rows {empty} have no tokens (all 0): every row "
@@ -83,7 +91,6 @@ class Batch:
         # the real tokens' flat places, in order: a stable sort puts the True entries first
         order = torch.argsort((~mask).flatten().to(torch.uint8), stable=True)
         indices = order[:sum(seqlens)]  # (T,)
-        lengths = torch.tensor(seqlens, device=mask.device)
         return cls._unpadded(indices, lengths, seqlens, tuple(mask.shape))
 
     @classmethod
@@ -94,7 +101,7 @@ class Batch:
                              f"len_0 + len_1, ...), got {_shape(cu_seqlens)}")
         if cu_seqlens.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"cu_seqlens must hold int32 (or int64) offsets, got {cu_seqlens.dtype}")
-        offsets = cu_seqlens.tolist()  # the one device-to-host copy
+        offsets = to_host(cu_seqlens)
         seqlens = tuple(b - a for a, b in zip(offsets, offsets[1:]))
         if offsets[0] != 0 or min(seqlens) < 1:
             raise ValueError(f"cu_seqlens must start at 0 and strictly increase (every document "
@@ -103,8 +110,9 @@ class Batch:
         if max_seqlen is not None and max_seqlen != longest:
             raise ValueError(f"max_seqlen={max_seqlen} but the longest document in cu_seqlens has "
                              f"{longest} tokens: pass the longest length, or None")
-        lengths = torch.tensor(seqlens, device=cu_seqlens.device)
-        rows = torch.repeat_interleave(torch.arange(len(seqlens), device=cu_seqlens.device), lengths)
+        lengths = cu_seqlens.diff()  # (N,) on the device: no copy back from the host
+        rows = torch.repeat_interleave(torch.arange(len(seqlens), device=cu_seqlens.device), lengths,
+                                       output_size=offsets[-1])  # (T,); the size given: no sync
         starts = cu_seqlens[:-1].long()[rows]  # (T,) where each token's document starts
         within = torch.arange(offsets[-1], device=cu_seqlens.device) - starts  # (T,)
         batch = cls._unpadded(rows * longest + within, lengths, seqlens, (len(seqlens), longest))

@@ -19,6 +19,7 @@ it what the machine offers and decides which of them run (`backends.runnable`, a
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -33,6 +34,10 @@ MIN_CAPABILITY_TRITON = (7, 0)  # below (P100, 6.0) Triton does not compile at a
 MIN_CAPABILITY_TRITON_DOT = (8, 0)  # since Triton 3.2, tl.dot below 8.0 runs on FMA units, no tensor cores
 
 
+# The hardware does not change while a model runs, and torch.compile cannot trace a read of it
+# (dynamo: "torch.* op returned non-Tensor" for torch.cuda.get_device_capability or _name): these
+# reads run once per call at trace time and enter the graph as constants.
+@torch.compiler.assume_constant_result
 def cuda_capability(device: torch.device | str | None = None) -> tuple[int, int] | None:
     """(major, minor) of a CUDA device (the current one for None), or None without CUDA."""
     if device is not None and torch.device(device).type != "cuda":
@@ -88,22 +93,35 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
-def _flash_attn_usable(capability: tuple[int, int] | None) -> bool:
-    if capability is None or capability < MIN_CAPABILITY_FLASH_ATTN:
-        return False
+@torch.compiler.assume_constant_result  # asked at forward time, also while torch.compile traces
+@functools.cache
+def flash_attn_importable() -> bool:
+    """The flash-attn package is installed and imports (a wheel built for another torch fails)."""
     if importlib.util.find_spec("flash_attn") is None:
         return False
-    try:  # installed is not enough: a wheel built for another torch fails on import
+    try:
         importlib.import_module("flash_attn")
     except Exception:  # noqa: BLE001 - any import failure means "not usable"
         return False
     return True
 
 
+def _flash_attn_usable(capability: tuple[int, int] | None) -> bool:
+    if capability is None or capability < MIN_CAPABILITY_FLASH_ATTN:
+        return False
+    return flash_attn_importable()
+
+
+@torch.compiler.assume_constant_result  # asked at forward time, also while torch.compile traces
+@functools.cache
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _triton_usable(capability: tuple[int, int] | None) -> bool:
     """Triton is installed and has something to run on: a CUDA GPU of capability >= 7.0
     (capability given), or the CPU in the interpreter (capability None, TRITON_INTERPRET=1)."""
-    if importlib.util.find_spec("triton") is None:
+    if not triton_installed():
         return False
     if capability is not None:
         return tuple(capability) >= MIN_CAPABILITY_TRITON

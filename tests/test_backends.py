@@ -166,13 +166,12 @@ def test_choose_can_be_asked_about_another_device():
     no_flash = {"flash_attn": False, "triton": True}
     assert choose("auto", unpadded, q16, 128, device="cuda", installed=a100,
                   capability=(8, 0)).name == "flash_attn"
+    # without flash-attn, or in float32 (flash-attn takes halves only): PyTorch's SDPA, never
+    # Triton, until a GPU measures it against SDPA (backends.py's docstring)
     assert choose("auto", unpadded, q16.half(), 128, device="cuda", installed=no_flash,
-                  capability=(8, 6)).name == "triton"
-    # float32 rules out flash_attn; then Triton where it is installed, else varlen
-    assert choose("auto", unpadded, q16.float(), None, device="cuda", installed={"triton": True},
-                  capability=(8, 0)).name == "triton"
-    assert choose("auto", unpadded, q16.float(), None, device="cuda", installed={"triton": False},
-                  capability=(8, 0)).name == "varlen"
+                  capability=(8, 6)).name == "sdpa"
+    assert choose("auto", unpadded, q16.float(), None, device="cuda", installed=a100,
+                  capability=(8, 0)).name == "sdpa"
     with pytest.raises(ValueError, match="does not run on cuda here"):
         choose("flash_attn", unpadded, q16, None, device="cuda", installed={"flash_attn": False})
 
@@ -204,11 +203,21 @@ def test_below_8_0_auto_picks_pytorch_kernels(capability, dtype, layout, window,
 def test_from_8_0_auto_picks_the_fast_kernels(capability):
     assert auto_on(capability, torch.bfloat16, "unpadded", 128) == "flash_attn"
     assert auto_on(capability, torch.float16, "padded", None) == "flash_attn"
-    assert auto_on(capability, torch.float32, "unpadded", None) == "triton"  # flash-attn: halves only
+    assert auto_on(capability, torch.float32, "unpadded", None) == "sdpa"  # flash-attn: halves only
     q = torch.zeros(2 * S, NH, HD, dtype=torch.bfloat16)
     without_flash = choose("auto", Batch.unpad(torch.ones(2, S)), q, 128, device="cuda",
                            installed={"flash_attn": False, "triton": True}, capability=capability)
-    assert without_flash.name == "triton"  # bf16 in Triton: native here
+    assert without_flash.name == "sdpa"  # Triton runs by name only
+    assert choose("triton", Batch.unpad(torch.ones(2, S)), q, 128, device="cuda",
+                  installed={"triton": True}, capability=capability).name == "triton"
+
+
+def test_local_by_name_runs_a_whole_model():
+    """"local" has no global form: global layers take what "auto" picks, local ones the blocks."""
+    q = torch.zeros(2 * S, NH, HD)
+    unpadded = Batch.unpad(torch.ones(2, S))
+    assert choose("local", unpadded, q, 128).name == "local"
+    assert choose("local", unpadded, q, None).name == choose("auto", unpadded, q, None).name
 
 
 def force(name, capability, dtype):

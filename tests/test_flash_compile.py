@@ -3,7 +3,8 @@
 Triton ships its own ptxas, so `triton.compile` turns a kernel into a cubin for any NVIDIA
 target without a driver: a T4 (sm_75), an A100 (sm_80), an L4 (sm_89), an H100 (sm_90). Each of
 the three kernels (forward, dK/dV, dQ) is compiled at ModernBERT's shape (head dim 64, the
-default tile for its dtype, a local layer) with the launch options flash.py uses, and must fit
+default tile for its dtype, a local layer) with the launch options flash.py uses on that GPU
+(`flash.LAUNCH`: warps and pipelining stages per generation), and must fit
 the target's shared memory per block, the opt-in maximum of the CUDA C Programming Guide
 (technical specifications): 64 KiB on 7.5, 163 KiB on 8.0, 99 KiB on 8.6/8.9, 227 KiB on 9.0.
 From 8.0 on, tl.dot must run on tensor cores (an mma instruction in the PTX).
@@ -47,11 +48,11 @@ def compile_all() -> dict:
         return {"skip": f"this Triton ({triton.__version__}) ships no ptxas ({ptxas})"}
     from modernbert_mini import flash
 
-    kernels = {flash._forward_kernel: flash.FORWARD_LAUNCH,
-               flash._backward_dkdv_kernel: flash.BACKWARD_LAUNCH,
-               flash._backward_dq_kernel: flash.BACKWARD_LAUNCH}
     results = []
     for capability, dtype_name in CASES:
+        forward, backward = flash.launch_options(divmod(capability, 10))  # this GPU's row
+        kernels = {flash._forward_kernel: forward, flash._backward_dkdv_kernel: backward,
+                   flash._backward_dq_kernel: backward}
         dtype = getattr(torch, dtype_name)
         q = torch.empty(1, HEADS, HEAD_DIM, dtype=dtype, device="meta")  # (T, nh, hd): the shape
         block = flash._default_block_size(q)
@@ -61,7 +62,7 @@ def compile_all() -> dict:
             source = ASTSource(jitted, _signature(jitted, dtype_name, constants), constexprs=constants)
             compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=launch)
             results.append(dict(kernel=kernel.__name__, capability=capability, dtype=dtype_name,
-                                block=block, shared=compiled.metadata.shared,
+                                block=block, stages=launch["num_stages"], shared=compiled.metadata.shared,
                                 mma="mma" in compiled.asm["ptx"]))
     return {"kernels": results}
 
@@ -108,7 +109,7 @@ def test_every_kernel_compiles_for_every_target(compiled):
 
 def test_shared_memory_fits_each_target(compiled):
     too_big = [k for k in compiled if k["shared"] > SHARED_PER_BLOCK[k["capability"]]]
-    print("\n".join(f"sm_{k['capability']} {k['dtype']:9} block {k['block']:3} "
+    print("\n".join(f"sm_{k['capability']} {k['dtype']:9} block {k['block']:3} stages {k['stages']} "
                      f"{k['kernel']:22} shared {k['shared']:6} B mma {k['mma']}" for k in compiled))
     assert not too_big, too_big
     for k in compiled:

@@ -8,6 +8,17 @@ import torch
 from modernbert_mini import runtime
 
 
+@pytest.fixture(autouse=True)
+def fresh_answers():
+    """runtime asks once per process whether flash-attn and Triton are installed: each pretend
+    machine here asks again."""
+    for ask in (runtime.flash_attn_importable, runtime.triton_installed):
+        ask.cache_clear()
+    yield
+    for ask in (runtime.flash_attn_importable, runtime.triton_installed):
+        ask.cache_clear()
+
+
 def pretend_gpu(monkeypatch, capability, name="Pretend GPU", flash_installed=False, triton_installed=False):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: name)

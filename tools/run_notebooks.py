@@ -2,7 +2,11 @@
 
     python tools/run_notebooks.py chapters/*.ipynb
 
-Each notebook runs top to bottom in a fresh kernel from its own folder, on the CPU. The widget
+Each notebook runs top to bottom in a fresh kernel from its own folder, on the CPU, with the BLAS's
+matrix kernels (`MODERNBERT_MINI_ONEDNN=0`), and its metadata records that. `make test` checks the
+outputs with the other family (oneDNN's reordered weights, `=1`): an output that moves with the
+order of a matrix product's sums fails on the developer's own machine, not on a reader's CPU
+(tests/test_chapter_layout.py checks that every chapter was executed this way). The widget
 state that ipywidgets leaves in the metadata is stripped: the book renders the static figure next
 to each widget, and widget state would make it load JavaScript from the network.
 """
@@ -21,6 +25,9 @@ def strip_widget_state(nb: nbformat.NotebookNode) -> None:
         cell.metadata.pop("execution", None)
 
 
+KERNELS = {"MODERNBERT_MINI_ONEDNN": "0"}  # what the committed outputs are executed with
+
+
 def run(path: str, timeout: int = 600) -> float:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
@@ -29,12 +36,14 @@ def run(path: str, timeout: int = 600) -> float:
     client.execute()
     seconds = time.perf_counter() - start
     strip_widget_state(nb)
+    nb.metadata["executed_with"] = dict(KERNELS)
     nbformat.write(nb, path)
     return seconds
 
 
 if __name__ == "__main__":
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # committed outputs come from the CPU
+    os.environ.update(KERNELS)  # the kernels inherit it
     paths = sys.argv[1:]
     if not paths:
         sys.exit("usage: python tools/run_notebooks.py chapters/NN_name.ipynb ...")
