@@ -29,7 +29,7 @@ def validate(directory: str | Path) -> dict:
     """A checkpoint's validation loss and accuracy, recomputed on the slice its run was scored on
     (the settings in its log.json), in float32 on the CPU."""
     directory = Path(directory)
-    cfg = TrainConfig(**json.loads((directory / LOG_FILE).read_text())["train_config"])
+    cfg = TrainConfig.from_dict(json.loads((directory / LOG_FILE).read_text())["train_config"])
     tokenizer = load_tokenizer(directory)
     model = ModernBertForMaskedLM.from_pretrained(directory)
     return evaluate(model, validation_batches(cfg, tokenizer, model.config), torch.device("cpu"))

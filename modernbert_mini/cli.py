@@ -1,5 +1,7 @@
-"""The command line of the package's scripts (`train`, `finetune`, `experiment`), generated from
-their config dataclasses: one --flag per field, typed from the field's annotation."""
+"""The command line of the package's scripts (`python -m modernbert_mini.train`, `python -m
+modernbert_mini.experiment`), generated from their config dataclasses: one --flag per field,
+typed from the field's annotation; a field that is itself a dataclass (`optim.OptimConfig`)
+gives its fields' flags, unprefixed (--lr, --warmup-steps)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import argparse
 import json
 import types
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, is_dataclass, replace
 
 
 def field_type(annotation) -> type:
@@ -18,18 +20,26 @@ def field_type(annotation) -> type:
 
 
 def add_fields(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (),
-               unset: bool = False, help: dict[str, str] | None = None) -> None:
+               unset: bool = False, help: dict[str, str] | None = None, defaults=None) -> None:
     """A --flag per field of the dataclass `cls`: bool -> --x / --no-x; tuple[float, float] -> two
-    floats; dict -> JSON; int, float, str (and `X | None`) -> X. unset=True: every default is
-    None, so that `given` tells the flags set apart from the dataclass's defaults."""
+    floats; dict -> JSON; int, float, str (and `X | None`) -> X; a dataclass -> its own fields'
+    flags. unset=True: every default is None, so that `given` tells the flags set apart from the
+    dataclass's defaults. defaults: the instance whose values are the defaults (a nested
+    dataclass's come from its parent's default)."""
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in skip:
             continue
         kind = field_type(hints[f.name])
         origin, args = typing.get_origin(kind) or kind, typing.get_args(kind)
-        default = None if unset else (f.default_factory() if f.default is MISSING else f.default)
-        flag = dict(default=default, help=(help or {}).get(f.name))
+        if defaults is not None:
+            value = getattr(defaults, f.name)
+        else:
+            value = f.default_factory() if f.default is MISSING else f.default
+        if is_dataclass(kind):
+            add_fields(parser, kind, skip=skip, unset=unset, help=help, defaults=value)
+            continue
+        flag = dict(default=None if unset else value, help=(help or {}).get(f.name))
         name = "--" + f.name.replace("_", "-")
         if kind is bool:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, **flag)
@@ -44,7 +54,28 @@ def add_fields(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = 
 
 
 def given(args: argparse.Namespace, cls) -> dict:
-    """The fields of `cls` that the parsed args hold a value for (lists as tuples)."""
-    values = {f.name: getattr(args, f.name, None) for f in fields(cls)}
-    return {name: tuple(v) if isinstance(v, list) else v
-            for name, v in values.items() if v is not None}
+    """The fields of `cls` (and of the dataclasses it holds) that the parsed args hold a value
+    for, by name (lists as tuples)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        kind = field_type(hints[f.name])
+        if is_dataclass(kind):
+            values.update(given(args, kind))
+        elif getattr(args, f.name, None) is not None:
+            value = getattr(args, f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def build(base, values: dict):
+    """`base` (a dataclass instance) with `values` (as `given` returns them) in place, each
+    field in the dataclass that holds it."""
+    changes = {}
+    for f in fields(base):
+        inner = getattr(base, f.name)
+        if is_dataclass(inner):
+            changes[f.name] = build(inner, values)
+        elif f.name in values:
+            changes[f.name] = values[f.name]
+    return replace(base, **changes)

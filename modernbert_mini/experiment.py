@@ -28,7 +28,7 @@ from torch import nn
 
 from . import cli, data, tasks
 from . import reference as reference_module
-from .finetune import (BiEncoder, FinetuneConfig, choose_fusion_weight, embed_texts, fuse_scores,
+from .finetune import (FINETUNE_OPTIM, BiEncoder, FinetuneConfig, choose_fusion_weight, embed_texts, fuse_scores,
                        load_checkpoint_tokenizer, load_encoder_checkpoint, mean_cosine, predict,
                        reciprocal_rank_fusion, top_k, train_biencoder, train_classifier)
 from .model import ModernBertForSequenceClassification
@@ -40,6 +40,7 @@ VALIDATION_PERCENT = 8  # of the training files (about 15% of the examples): whe
 REFERENCE_EPOCHS = 1  # all-MiniLM-L6-v2's fine-tuning: one epoch on each task
 CURVE_MIN_STEPS = 50  # a learning-curve run trains for at least this many steps
 MAX_TRAIN = 1500  # training examples per task by default (a quick run; `make finetune` uses all)
+GLUE_CONFIG = FinetuneConfig(max_len=512, optim=replace(FINETUNE_OPTIM, lr=8e-5))  # for ModernBERT-base
 GLUE_TEXTS = {  # task -> its text field(s)
     "cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
     "qqp": ("question1", "question2"), "stsb": ("sentence1", "sentence2"),
@@ -496,7 +497,7 @@ def _needs_network(what: str, error: Exception) -> RuntimeError:
 
 
 def finetune_glue(name: str, model_id: str | Path = BASE_MODEL,
-                  cfg: FinetuneConfig = FinetuneConfig(lr=8e-5, epochs=2, max_len=512),
+                  cfg: FinetuneConfig = replace(GLUE_CONFIG, epochs=2),
                   max_train: int | None = None) -> dict:
     """Fine-tune `model_id` (the published ModernBERT-base by default) on a GLUE task and score
     it on the validation split (GLUE's test labels are not public). Online only.
@@ -578,12 +579,12 @@ def main(argv: list[str] | None = None) -> None:
 
     given = cli.given(args, FinetuneConfig)
     if args.glue:
-        cfg = replace(FinetuneConfig(lr=8e-5, max_len=512), **given)
+        cfg = cli.build(GLUE_CONFIG, given)
         print(json.dumps(finetune_glue(args.glue, args.model, cfg, args.max_train or None), indent=2))
         return
     if not (Path(args.checkpoint) / "model.safetensors").is_file():
         parser.error(f"{args.checkpoint} has no model.safetensors: run `make pretrain` first")
-    cfg = replace(FinetuneConfig(), **given)
+    cfg = cli.build(FinetuneConfig(), given)
     retrieval_cfg = replace(cfg, epochs=args.retrieval_epochs or cfg.epochs)
     overrides = {} if args.attention_backend is None else {"attention_backend": args.attention_backend}
     max_train = MAX_TRAIN if args.max_train is None else (args.max_train or None)

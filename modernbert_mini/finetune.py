@@ -42,12 +42,20 @@ from torch import nn
 from . import data, loop
 from .config import ModernBertConfig
 from .hub import save_sentence_transformers
-from .mlm import PackedBatch, collate
 from .model import ModernBertForSequenceClassification, ModernBertModel
+from .optim import OptimConfig
+from .packing import PackedBatch, collate
 from .runtime import autocast
 from .tokenizer import Text, load_tokenizer, to_sequences
 
 RRF_K = 60  # reciprocal rank fusion's constant, as in Cormack et al. (2009)
+
+
+# fine-tuning's optimizer: a lower peak lr than pretraining, torch-style weight decay (times the
+# lr, decouple_lr=False), warmup over the first 10% of the steps and the 1-sqrt decay to 0 over
+# the last 30%: shares of a run whose length the data decides
+FINETUNE_OPTIM = OptimConfig(lr=3e-4, weight_decay=0.01, decouple_lr=False, warmup_steps=0.1,
+                             decay_steps=0.3)
 
 
 @dataclass(frozen=True)
@@ -57,16 +65,9 @@ class FinetuneConfig:
     max_len: int = 64  # tokens per text, [CLS] and [SEP] included; longer texts are cut
     batch_size: int = 32  # sequences (classification) or pairs (retrieval) per step
     epochs: int = 1
-    lr: float = 3e-4  # the peak learning rate
-    betas: tuple[float, float] = (0.9, 0.98)  # StableAdamW's, as ModernBERT's
-    eps: float = 1e-6
-    weight_decay: float = 0.01  # torch-style: multiplied by the learning rate (decouple_lr=False)
-    decouple_lr: bool = False
-    grad_clip: float = 0.0  # max gradient norm; 0: no clipping (StableAdamW clips each update)
     min_steps: int = 0  # at least this many steps: more epochs on a small training set
-    warmup_ratio: float = 0.1  # of the steps: linear warmup ...
-    decay_ratio: float = 0.3  # ... and, at the end, the 1-sqrt decay to 0
     temperature: float = 0.05  # of the contrastive loss
+    optim: OptimConfig = FINETUNE_OPTIM
     seed: int = 0
     progress: bool = True
 
@@ -80,22 +81,8 @@ class FinetuneConfig:
         if self.batch_size < 2:
             raise ValueError(f"batch_size={self.batch_size} is invalid: must be >= 2 "
                              "(in-batch negatives need another pair in the batch)")
-        for name in ("lr", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: must be > 0")
-        for name in ("weight_decay", "grad_clip"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: must be >= 0")
-        if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
-            raise ValueError(f"betas={self.betas!r} is invalid: must be two numbers in [0, 1)")
-        if not self.eps > 0:
-            raise ValueError(f"eps={self.eps!r} is invalid: must be > 0")
-        for name in ("warmup_ratio", "decay_ratio"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: must be in [0, 1]")
-        if self.warmup_ratio + self.decay_ratio > 1:
-            raise ValueError(f"warmup_ratio + decay_ratio = {self.warmup_ratio + self.decay_ratio} "
-                             "is invalid: must be <= 1")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature!r} is invalid: must be > 0")
 
 
 # ----------------------------------------------------------------------------- text -> batches
@@ -129,26 +116,22 @@ def to_device(batch: PackedBatch, device: torch.device) -> dict:
 def fit(model: nn.Module, steps: Sequence, loss_of: Callable[[object], torch.Tensor],
         cfg: FinetuneConfig, desc: str = "fine-tuning") -> list[float]:
     """One optimizer step per item of `steps` (`loss_of(item)` gives its mean loss), in train
-    mode (dropout on); the model is left in eval mode. StableAdamW with cfg's betas, eps and
-    weight decay (none on norms and biases), gradient clipping at cfg.grad_clip (0: none),
-    warmup-stable-decay over len(steps) (`loop.py`). Returns the loss of every step.
+    mode (dropout on); the model is left in eval mode. The optimizer, its schedule over
+    len(steps) and any gradient clipping are cfg.optim's (`loop.py`). Returns the loss of every
+    step.
     """
     from tqdm.auto import tqdm
 
-    total = len(steps)
-    if total == 0:
+    if len(steps) == 0:
         raise ValueError("no training steps: the training data is empty")
-    warmup = round(cfg.warmup_ratio * total)
-    optimizer, scheduler = loop.build_optimizer(
-        model, cfg, total_steps=total, warmup_steps=warmup,
-        decay_steps=min(round(cfg.decay_ratio * total), total - warmup))
+    optimizer, scheduler = loop.build_optimizer(model, cfg.optim, len(steps))
     model.train()
     losses = []
     with tqdm(steps, desc=desc, disable=not cfg.progress, leave=False) as bar:
         for item in bar:
             with autocast(model.device):
                 loss = loss_of(item)
-            loop.step(model, optimizer, scheduler, loss, cfg.grad_clip)
+            loop.step(model, optimizer, scheduler, loss, cfg.optim.grad_clip)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()

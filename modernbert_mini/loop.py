@@ -1,8 +1,8 @@
 """The training core that pretraining (`train.py`, chapter 10) and fine-tuning (`finetune.py`,
 chapter 11) share.
 
-- `build_optimizer`: StableAdamW (chapter 9) with the config's lr, betas, eps and weight decay
-  (none on norms and biases), and the warmup-stable-decay learning rate;
+- `build_optimizer`: StableAdamW (chapter 9) and its warmup-stable-decay learning rate, as an
+  `optim.OptimConfig` says (both loops hold one);
 - `step`: one update from a loss: backward, optional gradient-norm clipping (`grad_clip` > 0),
   the optimizer, the schedule;
 - `Dist`, `setup_distributed`, `shard`, `distribute`: data parallelism under torchrun, gloo on
@@ -25,22 +25,20 @@ import torch.distributed as dist
 from torch import nn
 
 from .hub import load_hf_state_dict, read_state_dict
-from .mlm import PackedBatch
-from .optim import StableAdamW, lr_scheduler, param_groups
+from .optim import OptimConfig, StableAdamW, lr_scheduler, param_groups
+from .packing import PackedBatch
 
 STATE_FILE = "training_state.pt"
 
 
 # ----------------------------------------------------------------------------- optimizer, one step
-def build_optimizer(model: nn.Module, cfg, *, total_steps: int, warmup_steps: int,
-                    decay_steps: int, min_ratio: float = 0.0):
-    """(StableAdamW, its warmup-stable-decay scheduler) from cfg's lr, betas, eps, weight_decay
-    and decouple_lr."""
-    optimizer = StableAdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                            eps=cfg.eps, decouple_lr=cfg.decouple_lr)
-    scheduler = lr_scheduler(optimizer, warmup_steps=warmup_steps, decay_steps=decay_steps,
-                             total_steps=total_steps, min_ratio=min_ratio)
-    return optimizer, scheduler
+def build_optimizer(model: nn.Module, optim: OptimConfig, total_steps: int):
+    """(StableAdamW, its warmup-stable-decay scheduler) for a run of total_steps updates, as
+    `optim` says: lr, betas, eps, weight decay (none on norms and biases), decouple_lr, and the
+    schedule (`OptimConfig.schedule`)."""
+    optimizer = StableAdamW(param_groups(model, optim.weight_decay), lr=optim.lr,
+                            betas=optim.betas, eps=optim.eps, decouple_lr=optim.decouple_lr)
+    return optimizer, lr_scheduler(optimizer, **optim.schedule(total_steps))
 
 
 def step(model: nn.Module, optimizer, scheduler, loss: torch.Tensor,

@@ -6,24 +6,13 @@ random token and 10% stay as they are (so the model cannot learn that only [MASK
 prediction); special tokens are never chosen. The loss is cross entropy at the chosen tokens
 only, and with sparse prediction only those tokens go through the MLM head at all.
 
-The batches are packed, not padded. Each document is tokenized as the tokenizer's template
-makes it, [CLS] text [SEP]; a document longer than the model's sequence length is cut into
-nearly equal chunks, each its own [CLS] ... [SEP] sequence (nothing is dropped). A batch is then
-filled with whole sequences, one after the other, up to a token budget, and stays unpadded:
-
-    input_ids   (T,)     the T tokens of N sequences, back to back
-    cu_seqlens  (N + 1,) int32 offsets: sequence i is input_ids[cu_seqlens[i]:cu_seqlens[i + 1]]
-    max_seqlen           the longest of the N
-
-The model's unpadded path attends within each sequence only, so packed sequences never see each
-other and no compute goes to pad tokens. (ModernBERT packs documents into rows of 1,024 tokens
-and unpads them; without rows, the same thing is a flat budget of rows x 1,024 tokens.)
+Each document is tokenized as the tokenizer's template makes it, [CLS] text [SEP]; a document
+longer than the model's sequence length is cut into nearly equal chunks, each its own
+[CLS] ... [SEP] sequence (nothing is dropped). The sequences are then packed, not padded
+(`packing.py`).
 
 - `mask_tokens`: the 30% / 80-10-10 masking of any tensor of ids;
 - `Sequences`, `tokenize_documents`: the tokenized corpus, one flat tensor and its offsets;
-- `PackedBatch`, `PackedLoader`: packed batches up to a token budget, shuffled per epoch, with a
-  `state_dict` (epoch and position) so a run resumes exactly where it stopped;
-- `pad_fraction`: how much of a padded batch would be padding, for comparison;
 - `special_ids`, `masking_args`, `step_generator`: what masking needs in a training run;
 - `masked_loss_sum`, `validation_slice`, `evaluate`, `unigram_baseline`: the loss of a packed
   batch, and how a run is scored on a fixed masked slice of the validation split;
@@ -33,8 +22,7 @@ and unpads them; without rows, the same thing is a flat budget of rows x 1,024 t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -42,6 +30,8 @@ from tokenizers import Tokenizer
 from . import runtime
 from .config import ModernBertConfig
 from .model import IGNORE_INDEX
+from .packing import PackedBatch, PackedLoader, sequence_positions
+from .packing import pad_fraction  # noqa: F401  (chapter 6 reads it, and PackedLoader, from here)
 from .tokenizer import Sequences, emittable_ids, to_sequences
 
 MASK_RATE = 0.3  # ModernBERT's; BERT used 0.15
@@ -114,127 +104,6 @@ def tokenize_documents(texts: Sequence[str], tokenizer: Tokenizer, max_len: int)
     sequence (`tokenizer.to_sequences` with overflow="split").
     """
     return to_sequences(tokenizer, texts, max_len, overflow="split")
-
-
-# ----------------------------------------------------------------------------- packing
-@dataclass
-class PackedBatch:
-    """N sequences back to back, unpadded."""
-
-    input_ids: torch.Tensor  # (T,) int64
-    cu_seqlens: torch.Tensor  # (N + 1,) int32
-    max_seqlen: int
-
-    @property
-    def num_sequences(self) -> int:
-        return len(self.cu_seqlens) - 1
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.input_ids)
-
-    def select(self, start: int, stop: int) -> PackedBatch:
-        """Sequences start .. stop-1 as a batch of their own (a data-parallel rank's share)."""
-        if not 0 <= start < stop <= self.num_sequences:
-            raise ValueError(f"select({start}, {stop}) is outside the batch's "
-                             f"{self.num_sequences} sequences")
-        offsets = self.cu_seqlens[start:stop + 1]
-        lo, hi = int(offsets[0]), int(offsets[-1])
-        return PackedBatch(self.input_ids[lo:hi], offsets - offsets[0],
-                           int(offsets.diff().max()))
-
-
-def collate(sequences: Sequences, indices: Sequence[int]) -> PackedBatch:
-    """The sequences at `indices`, packed in that order."""
-    parts = [sequences[i] for i in indices]
-    lengths = torch.tensor([len(p) for p in parts], dtype=torch.int32)
-    cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0, dtype=torch.int32)])
-    return PackedBatch(torch.cat(parts).long(), cu_seqlens, int(lengths.max()))
-
-
-class PackedLoader:
-    """Packed batches from `sequences`, in a new shuffled order every epoch.
-
-    `next_batch(budget)` takes whole sequences, in order, while they fit in `budget` tokens
-    (so a batch holds between budget - max_len + 1 and budget tokens); every sequence is seen
-    once per epoch. The order of epoch e is a permutation drawn from `seed + e`, so the
-    loader's whole state is (epoch, position).
-    """
-
-    def __init__(self, sequences: Sequences, *, seed: int = 0, shuffle: bool = True):
-        if len(sequences) == 0:
-            raise ValueError("sequences is empty: nothing to load")
-        self.sequences = sequences
-        self.lengths = sequences.lengths
-        self.longest = max(self.lengths)
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.position = 0  # index into this epoch's order
-        self._order = None
-
-    def order(self, epoch: int) -> list[int]:
-        if not self.shuffle:
-            return list(range(len(self.sequences)))
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(len(self.sequences), generator=generator).tolist()
-
-    def next_batch(self, budget: int, *, within_epoch: bool = False) -> PackedBatch:
-        """The next sequences, in order, while they fit in `budget` tokens.
-
-        A batch runs on into the next epoch (so every batch is full); with within_epoch=True
-        it ends where the epoch ends instead.
-        """
-        if budget < self.longest:
-            raise ValueError(f"budget={budget} tokens is smaller than the longest sequence "
-                             f"({self.longest} tokens): it must hold at least one whole sequence")
-        indices, total = [], 0
-        while True:
-            if self._order is None:
-                self._order = self.order(self.epoch)
-            i = self._order[self.position]
-            if total + self.lengths[i] > budget:
-                break
-            indices.append(i)
-            total += self.lengths[i]
-            self.position += 1
-            if self.position == len(self._order):  # the epoch is done: the next one reshuffles
-                self.epoch, self.position, self._order = self.epoch + 1, 0, None
-                if within_epoch:
-                    break
-        return collate(self.sequences, indices)
-
-    def batches(self, budget: int) -> Iterator[PackedBatch]:
-        """Batches until the end of the current epoch."""
-        epoch = self.epoch
-        while self.epoch == epoch:
-            yield self.next_batch(budget, within_epoch=True)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "shuffle": self.shuffle, "num_sequences": len(self.sequences)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["num_sequences"] != len(self.sequences):
-            raise ValueError(f"the saved loader ran over {state['num_sequences']} sequences, "
-                             f"this one has {len(self.sequences)}: not the same data")
-        self.epoch, self.position = state["epoch"], state["position"]
-        self.seed, self.shuffle = state["seed"], state["shuffle"]
-        self._order = None
-
-
-def pad_fraction(seqlens: Sequence[int], pad_to: int | None = None) -> float:
-    """The share of a padded (N, S) batch that is padding: 1 - sum(lengths) / (N * S).
-
-    S is `pad_to` (a fixed sequence length) or, by default, the longest of the lengths. In a
-    packed, unpadded batch this share of the compute is zero.
-    """
-    if not seqlens:
-        raise ValueError("seqlens is empty")
-    width = max(seqlens) if pad_to is None else pad_to
-    if width < max(seqlens):
-        raise ValueError(f"pad_to={pad_to} is shorter than the longest sequence ({max(seqlens)})")
-    return 1.0 - sum(seqlens) / (len(seqlens) * width)
 
 
 # ----------------------------------------------------------------------------- in a training run
@@ -372,8 +241,7 @@ def loss_by_position(model, eval_batches, device: torch.device,
     bounds = torch.tensor(edges[1:-1])
     for batch, inputs, labels in eval_batches:
         chosen = labels != IGNORE_INDEX
-        starts = torch.repeat_interleave(batch.cu_seqlens[:-1].long(), batch.cu_seqlens.diff().long())
-        position = (torch.arange(len(labels)) - starts)[chosen]  # (n,) within each sequence
+        position = sequence_positions(batch.cu_seqlens)[1][chosen]  # (n,) within each sequence
         with runtime.autocast(device):
             _, logits = masked_loss_sum(model, inputs, labels, batch, int(chosen.sum()), device)
         if not model.config.sparse_prediction:

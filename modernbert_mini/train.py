@@ -5,11 +5,12 @@
 
 One step, as ModernBERT trains:
   1. the next packed batch of the training split, as many tokens as the batch-size warmup
-     allows (`optim.batch_size_schedule`), documents back to back with cu_seqlens (`mlm.py`);
+     allows (`optim.batch_size_schedule`), documents back to back with cu_seqlens (`packing.py`);
   2. 30% masking, 80/10/10 (`mlm.mask_tokens`), drawn from a generator seeded by the step;
   3. forward on the unpadded batch with sparse prediction (the head sees masked tokens only),
      cross entropy at the masked tokens; bf16 autocast on a GPU of capability >= 8.0, else fp32;
-  4. backward, gradient-norm clipping, StableAdamW, the warmup-stable-decay learning rate.
+  4. backward, StableAdamW (which clips each update; a global gradient-norm clip only with
+     `--grad-clip` > 0), the warmup-stable-decay learning rate (`loop.build_optimizer`).
 
 Every `eval_every` steps: the loss and accuracy on a fixed, masked slice of the validation
 split (`mlm.evaluate`). Every `save_every` steps: a checkpoint directory, `checkpoint-<step>/`,
@@ -47,13 +48,13 @@ from . import cli, loop, runtime
 from .config import ModernBertConfig
 from .data import corpus_texts, corpus_tokenizer
 from .hub import read_hf_config
-from .inference import fill_mask
 from .loop import Dist, shard
-from .mlm import (MASK_RATE, PackedBatch, PackedLoader, evaluate, long_validation_slice,
-                  loss_by_position, mask_tokens, masked_loss_sum, masking_args, special_ids,
-                  step_generator, tokenize_documents, unigram_baseline, validation_slice)
+from .mlm import (MASK_RATE, evaluate, long_validation_slice, loss_by_position, mask_tokens,
+                  masked_loss_sum, masking_args, special_ids, step_generator, tokenize_documents,
+                  unigram_baseline, validation_slice)
 from .model import IGNORE_INDEX, ModernBertForMaskedLM
-from .optim import batch_size_schedule
+from .optim import OptimConfig, batch_size_schedule
+from .packing import PackedBatch, PackedLoader
 from .tokenizer import load_tokenizer, save_tokenizer
 
 LOG_FILE = "log.json"
@@ -95,17 +96,10 @@ class TrainConfig:
     batch_warmup_start: int | None = None  # None: no batch-size warmup
     batch_warmup_tokens: int = 0
     batch_warmup_multiple: int = 1
-    # optimiser and schedule: ModernBERT's StableAdamW, weight decay relative to the peak lr
-    lr: float = 2e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    weight_decay: float = 1e-5
-    decouple_lr: bool = True
+    # optimiser and schedule: ModernBERT's StableAdamW, weight decay relative to the peak lr,
+    # no gradient-norm clip (StableAdamW clips updates); warmup and decay in steps
     max_steps: int = 500
-    warmup_steps: int = 50
-    decay_steps: int = 100
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 0.0  # max gradient norm; 0: none (ModernBERT's: StableAdamW clips updates)
+    optim: OptimConfig = OptimConfig(warmup_steps=50, decay_steps=100)
     # bookkeeping
     eval_every: int = 50
     eval_tokens: int = 32_768  # size of the validation slice
@@ -116,8 +110,16 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
 
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """The config a log.json's "train_config" holds: `optim` as a dict, or (a log written
+        before OptimConfig, as the shipped checkpoint's) its fields among the others."""
+        names = {f.name for f in dataclasses.fields(OptimConfig)}
+        optim = {**values.get("optim", {}), **{k: v for k, v in values.items() if k in names}}
+        rest = {k: v for k, v in values.items() if k not in names and k != "optim"}
+        return cls(**rest, optim=OptimConfig(**optim))
+
     def __post_init__(self):
-        self.betas = tuple(self.betas)
         positive = ("max_len", "batch_tokens", "max_steps", "eval_every", "eval_tokens",
                     "save_every", "keep_checkpoints", "batch_warmup_multiple")
         for name in positive:
@@ -209,10 +211,21 @@ def train_step(model, optimizer, scheduler, batch: PackedBatch, inputs: torch.Te
     return float(d.all_sum(loss_sum.detach())) / n_global, grad_norm
 
 
-def guesses(model, tokenizer: Tokenizer, prompt: str, top_k: int = 3) -> list:
-    """fill_mask's top guesses as (token, probability) pairs, for log.json."""
-    return [[(p.token, round(p.probability, 4)) for p in row]
-            for row in fill_mask(model, tokenizer, prompt, top_k)]
+@torch.no_grad()
+def guesses(model: ModernBertForMaskedLM, tokenizer: Tokenizer, prompt: str,
+            top_k: int = 3) -> list:
+    """The model's top_k guesses at each [MASK] of prompt, best first, as (token, probability)
+    pairs for log.json: the softmax of the MLM logits there, in eval mode (what a reader's
+    `inference.fill_mask` gives, without the checks a user's text needs)."""
+    was_training = model.training
+    model.eval()
+    ids = torch.tensor([tokenizer.encode(prompt).ids], device=model.device)  # (1, S): [CLS] ... [SEP]
+    logits = model(ids).logits[0, ids[0] == model.config.mask_token_id]  # (M, V): at each [MASK]
+    model.train(was_training)
+    top = logits.float().softmax(dim=-1).topk(top_k, dim=-1)
+    return [[(tokenizer.decode([i], skip_special_tokens=False), round(p, 4))
+             for i, p in zip(token_ids.tolist(), probs.tolist())]
+            for token_ids, probs in zip(top.indices, top.values)]
 
 
 def plot_losses(history: dict, baseline: dict | None, path: Path) -> None:
@@ -256,9 +269,7 @@ def train(cfg: TrainConfig) -> dict:
             cfg.init_from, device=d.device, **{**run_settings(cfg), **cfg.model_overrides})
     else:
         model = ModernBertForMaskedLM(config).to(d.device)
-    optimizer, scheduler = loop.build_optimizer(
-        model, cfg, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-        decay_steps=cfg.decay_steps, min_ratio=cfg.min_lr_ratio)
+    optimizer, scheduler = loop.build_optimizer(model, cfg.optim, cfg.max_steps)
     parts = {"optimizer": optimizer, "scheduler": scheduler, "loader": loader}
     state = {"step": 0, "tokens_seen": 0, "train_seconds": 0.0, "history": {"train": [], "eval": []}}
     log = {"train_config": dataclasses.asdict(cfg), "model_config": config.to_hf_dict(),
@@ -299,7 +310,7 @@ def train(cfg: TrainConfig) -> dict:
                                      generator=step_generator(cfg.seed, step))
         lr = optimizer.param_groups[0]["lr"]
         loss, grad_norm = train_step(ddp, optimizer, scheduler, batch, inputs, labels, d,
-                                     cfg.grad_clip)
+                                     cfg.optim.grad_clip)
         state["step"] = step = step + 1
         state["tokens_seen"] += batch.num_tokens
         state["train_seconds"] += time.perf_counter() - started
@@ -339,7 +350,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                                      description="Pretrain ModernBERT with MLM on the stdlib corpus.")
     cli.add_fields(parser, TrainConfig, help={
         "model_overrides": 'ModernBertConfig fields as JSON, e.g. \'{"num_hidden_layers": 4}\''})
-    return TrainConfig(**cli.given(parser.parse_args(argv), TrainConfig))
+    return cli.build(TrainConfig(), cli.given(parser.parse_args(argv), TrainConfig))
 
 
 def main(argv: list[str] | None = None) -> None:

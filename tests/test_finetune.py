@@ -2,6 +2,7 @@
 values worked out by hand, and no test example reaches the fine-tuning data."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,14 @@ from modernbert_mini import tasks
 from modernbert_mini.config import ModernBertConfig
 from modernbert_mini.data import corpus_tokenizer
 from modernbert_mini.model import ModernBertForSequenceClassification, ModernBertModel
+from modernbert_mini.optim import OptimConfig
 from modernbert_mini.tokenizer import to_sequences
+
+
+def constant_lr(lr):
+    """Fine-tuning's settings with a constant learning rate (no warmup, no decay)."""
+    return ft.FinetuneConfig(optim=replace(ft.FINETUNE_OPTIM, lr=lr, warmup_steps=0, decay_steps=0),
+                             progress=False)
 
 
 def tiny_config(**fields):
@@ -62,7 +70,7 @@ def test_one_classifier_step_lowers_the_loss_on_a_tiny_batch(tokenizer):
     model.eval()
     with torch.no_grad():
         before = ft.classifier_batch_loss(model, batch, labels).item()
-    cfg = ft.FinetuneConfig(lr=1e-4, warmup_ratio=0, decay_ratio=0, progress=False)
+    cfg = constant_lr(1e-4)
     losses = ft.fit(model, [0], lambda _: ft.classifier_batch_loss(model, batch, labels), cfg)
     with torch.no_grad():
         after = ft.classifier_batch_loss(model, batch, labels).item()
@@ -82,7 +90,7 @@ def test_fit_trains_in_train_mode_and_leaves_eval_mode(tokenizer):
         modes.append({m.training for m in model.modules()})
         return ft.classifier_batch_loss(model, batch, labels)
     model.eval()
-    cfg = ft.FinetuneConfig(lr=1e-4, warmup_ratio=0, decay_ratio=0, progress=False)
+    cfg = constant_lr(1e-4)
     ft.fit(model, [0, 1], loss_of, cfg)
     assert modes == [{True}, {True}]
     assert not model.training  # ready to predict
@@ -100,7 +108,7 @@ def test_one_biencoder_step_lowers_the_contrastive_loss(tokenizer):
         return ft.contrastive_loss(model(queries), model(documents), temperature=0.05)
     with torch.no_grad():
         before = loss().item()
-    cfg = ft.FinetuneConfig(lr=1e-4, warmup_ratio=0, decay_ratio=0, progress=False)
+    cfg = constant_lr(1e-4)
     ft.fit(model, [0], lambda _: loss(), cfg)
     with torch.no_grad():
         assert loss().item() < before - 0.01
@@ -113,7 +121,8 @@ def test_train_classifier_learns_a_separable_task(tokenizer):
             [f"The {w} is described here." for w in "cat dog sun moon tree lake rock bird".split()]
     labels = [0] * 8 + [1] * 8
     model = ModernBertForSequenceClassification(tiny_config(), num_labels=2)
-    cfg = ft.FinetuneConfig(batch_size=4, epochs=6, lr=3e-3, progress=False)
+    cfg = ft.FinetuneConfig(batch_size=4, epochs=6, optim=replace(ft.FINETUNE_OPTIM, lr=3e-3),
+                            progress=False)
     losses = ft.train_classifier(model, tokenizer, texts, labels, cfg)
     assert len(losses) == 6 * 4
     predicted = ft.predict(model, tokenizer, texts, cfg.max_len).argmax(-1).tolist()
@@ -225,8 +234,10 @@ def test_reciprocal_rank_fusion_by_hand():
 def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="batch_size"):
         ft.FinetuneConfig(batch_size=1)
-    with pytest.raises(ValueError, match="warmup_ratio \\+ decay_ratio"):
-        ft.FinetuneConfig(warmup_ratio=0.6, decay_ratio=0.6)
+    with pytest.raises(ValueError, match="warmup_steps \\+ decay_steps"):
+        OptimConfig(warmup_steps=0.6, decay_steps=0.6)
+    with pytest.raises(ValueError, match="warmup_steps=2.5"):
+        OptimConfig(warmup_steps=2.5)
     with pytest.raises(ValueError, match="init="):
         ft.load_encoder_checkpoint("nowhere", "scratch", num_labels=2, seed=0)
 
@@ -310,8 +321,11 @@ def test_the_command_line_comes_from_the_config_types():
     parser = argparse.ArgumentParser()
     cli.add_fields(parser, ft.FinetuneConfig, skip=("seed",), unset=True)
     args = parser.parse_args(["--lr=1e-3", "--betas", "0.8", "0.9", "--no-progress", "--epochs=2"])
-    assert cli.given(args, ft.FinetuneConfig) == {"lr": 1e-3, "betas": (0.8, 0.9),
-                                                  "progress": False, "epochs": 2}
+    given = cli.given(args, ft.FinetuneConfig)
+    assert given == {"lr": 1e-3, "betas": (0.8, 0.9), "progress": False, "epochs": 2}
+    cfg = cli.build(ft.FinetuneConfig(), given)  # each value in the dataclass that holds it
+    assert cfg == replace(ft.FinetuneConfig(), progress=False, epochs=2,
+                          optim=replace(ft.FINETUNE_OPTIM, lr=1e-3, betas=(0.8, 0.9)))
     with pytest.raises(SystemExit):
         parser.parse_args(["--seed=1"])  # skipped: the experiment's --seeds sets it
 
@@ -357,9 +371,9 @@ def test_fit_hands_the_config_and_its_schedule_to_the_optimizer(tokenizer):
         grads = [p.grad.flatten() for g in optimizer.param_groups for p in g["params"]]
         seen.append(([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
                      float(torch.cat(grads).norm())))
-    cfg = ft.FinetuneConfig(lr=2e-3, betas=(0.7, 0.9), eps=1e-5, weight_decay=0.2,
-                            decouple_lr=True, grad_clip=1e-3, warmup_ratio=0.2, decay_ratio=0.4,
-                            progress=False)
+    optim = OptimConfig(lr=2e-3, betas=(0.7, 0.9), eps=1e-5, weight_decay=0.2, decouple_lr=True,
+                        grad_clip=1e-3, warmup_steps=0.2, decay_steps=0.4)
+    cfg = ft.FinetuneConfig(optim=optim, progress=False)
     handle = register_optimizer_step_pre_hook(record)
     try:
         ft.fit(model, range(10), lambda _: ft.classifier_batch_loss(model, batch, labels), cfg)

@@ -8,11 +8,13 @@ import torch
 
 from modernbert_mini.config import ModernBertConfig
 from modernbert_mini.data import load_corpus
-from modernbert_mini.mlm import (PackedBatch, PackedLoader, Sequences, collate, evaluate,
-                                 loss_by_position, mask_tokens, masking_args, pad_fraction,
+from modernbert_mini.mlm import (evaluate, loss_by_position, mask_tokens, masking_args,
                                  step_generator, tokenize_documents, unigram_baseline)
+from modernbert_mini.packing import (PackedBatch, PackedLoader, collate, pad_fraction,
+                                     sequence_positions)
 from modernbert_mini.model import IGNORE_INDEX
-from modernbert_mini.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, train_tokenizer
+from modernbert_mini.tokenizer import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, Sequences,
+                                       train_tokenizer)
 
 SPECIAL = (UNK_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID)
 V = 8192
@@ -318,3 +320,10 @@ def test_unigram_baseline_by_hand_without_special_tokens():
     assert baseline["accuracy"] == 0.5
     by_hand = -(2 * math.log(4 / 21) + math.log(2 / 21) + math.log(2 / 21)) / 4
     assert baseline["loss"] == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_sequence_positions_by_hand():
+    """Three packed sequences of 3, 1 and 2 tokens: which each token is in, and where."""
+    sequence, position = sequence_positions(torch.tensor([0, 3, 4, 6], dtype=torch.int32))
+    assert sequence.tolist() == [0, 0, 0, 1, 2, 2]
+    assert position.tolist() == [0, 1, 2, 0, 0, 1]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from modernbert_mini import ModernBertConfig, ModernBertForMaskedLM
-from modernbert_mini.optim import (StableAdamW, batch_size_schedule, lr_scheduler, param_groups,
-                                   wsd_schedule)
+from modernbert_mini.optim import (OptimConfig, StableAdamW, batch_size_schedule, lr_scheduler,
+                                   param_groups, wsd_schedule)
 
 
 def plain_stable_adamw(p, grads, lr, betas, eps, weight_decay, lrs=None, decouple_lr=False):
@@ -287,3 +287,20 @@ def test_batch_size_schedule_corners():
     assert batch_size_schedule(0, start=5, end=5, warmup_tokens=0) == 5
     with pytest.raises(ValueError, match="end"):
         batch_size_schedule(0, start=10, end=5, warmup_tokens=10)
+
+
+def test_a_run_writes_its_schedule_in_updates_or_shares_of_them():
+    """OptimConfig.schedule by hand: whole numbers are updates (pretraining's 50 and 170 of 850),
+    numbers below 1 shares of the run (fine-tuning's 10% and 30% of 10 updates: 1 and 3); a
+    decay share that rounding would push past the run is cut to what the warmup leaves."""
+    assert OptimConfig(warmup_steps=50, decay_steps=170).schedule(850) == dict(
+        warmup_steps=50, decay_steps=170, total_steps=850, min_ratio=0.0)
+    assert OptimConfig(warmup_steps=0.1, decay_steps=0.3, min_lr_ratio=0.1).schedule(10) == dict(
+        warmup_steps=1, decay_steps=3, total_steps=10, min_ratio=0.1)
+    assert OptimConfig(warmup_steps=0.5, decay_steps=0.5).schedule(3)["decay_steps"] == 1  # 2 + 2 > 3
+    assert OptimConfig(warmup_steps=1, decay_steps=0).schedule(4)["warmup_steps"] == 1  # 1: one update
+    for bad, match in [(dict(lr=0), "lr=0"), (dict(betas=(0.9, 1.0)), "betas"), (dict(eps=0), "eps"),
+                       (dict(weight_decay=-1), "weight_decay"), (dict(grad_clip=-1), "grad_clip"),
+                       (dict(warmup_steps=1.5), "warmup_steps=1.5"), (dict(min_lr_ratio=2), "min_lr_ratio")]:
+        with pytest.raises(ValueError, match=match):
+            OptimConfig(**bad)

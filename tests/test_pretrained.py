@@ -41,7 +41,7 @@ def test_committed_checkpoint_matches_its_log_and_beats_unigram():
     assert again["accuracy"] == pytest.approx(log["validation"]["accuracy"], abs=2e-3)
     assert again["loss"] < log["unigram_baseline"]["loss"] - 1.0
     assert again["accuracy"] > 5 * log["unigram_baseline"]["accuracy"]
-    assert TrainConfig(**log["train_config"]).max_steps == log["steps"]
+    assert TrainConfig.from_dict(log["train_config"]).max_steps == log["steps"]
 
 
 def test_committed_checkpoint_extended_its_context_as_its_log_says():
@@ -51,7 +51,7 @@ def test_committed_checkpoint_extended_its_context_as_its_log_says():
     from modernbert_mini.train import position_losses
 
     model, tokenizer, log = load_pretrained()
-    cfg = TrainConfig(**log["train_config"])
+    cfg = TrainConfig.from_dict(log["train_config"])
     again = position_losses(cfg, tokenizer, model.config, model, torch.device("cpu"))
     assert again["length"] == log["position_loss"]["length"] == model.config.max_position_embeddings
     for ours, theirs in zip(again["buckets"], log["position_loss"]["buckets"], strict=True):

@@ -1,6 +1,7 @@
 """The pretraining loop on a tiny model: exact resume, two gloo processes against one, the output
 directory in transformers, the loss normalisation against sequences run one at a time."""
 
+import dataclasses
 import json
 import math
 import os
@@ -15,9 +16,10 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from modernbert_mini import ModernBertConfig, ModernBertForMaskedLM
 from modernbert_mini.data import corpus_texts
 from modernbert_mini.inference import fill_mask
-from modernbert_mini.mlm import (PackedLoader, mask_tokens, masking_args, step_generator,
-                                 tokenize_documents)
+from modernbert_mini.mlm import mask_tokens, masking_args, step_generator, tokenize_documents
+from modernbert_mini.packing import PackedLoader
 from modernbert_mini.model import IGNORE_INDEX
+from modernbert_mini.optim import OptimConfig
 from modernbert_mini.tokenizer import MASK_ID, load_tokenizer, save_tokenizer, train_tokenizer
 from modernbert_mini.loop import shard
 from modernbert_mini.mlm import masked_loss_sum
@@ -40,7 +42,7 @@ def tiny_config(tokenizer_dir, out_dir, **changes) -> TrainConfig:
                     batch_warmup_tokens=1500, lr=3e-3, max_steps=8, warmup_steps=2, decay_steps=3,
                     eval_every=4, eval_tokens=512, save_every=4, progress=False, seed=5,
                     position_eval_len=128)
-    return TrainConfig(**{**settings, **changes})
+    return TrainConfig.from_dict({**settings, **changes})  # optim's fields among the others
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +135,11 @@ def test_two_gloo_processes_stay_in_sync_and_match_one(uninterrupted, tokenizer_
     args = [f"--out-dir={tmp_path}", f"--tokenizer={tokenizer_dir}",
             f"--model-overrides={json.dumps(TINY)}"]
     for name in ("max_len", "max_docs", "val_docs", "batch_tokens", "batch_warmup_start",
-                 "batch_warmup_tokens", "lr", "max_steps", "warmup_steps", "decay_steps",
-                 "eval_every", "eval_tokens", "save_every", "seed"):
+                 "batch_warmup_tokens", "max_steps", "eval_every", "eval_tokens", "save_every",
+                 "seed"):
         args.append(f"--{name.replace('_', '-')}={getattr(cfg, name)}")
+    for name in ("lr", "warmup_steps", "decay_steps"):
+        args.append(f"--{name.replace('_', '-')}={getattr(cfg.optim, name)}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                              "--nproc_per_node=2", "-m", "modernbert_mini.train", *args,
@@ -212,7 +216,8 @@ def test_shard_splits_sequences_by_tokens(tokenizer_dir):
 def test_cli_and_bad_settings():
     cfg = parse_args(["--max-steps=7", "--no-sparse-prediction", "--betas", "0.8", "0.9",
                       '--model-overrides={"num_hidden_layers": 2}', "--max-docs=3"])
-    assert cfg.max_steps == 7 and cfg.sparse_prediction is False and cfg.betas == (0.8, 0.9)
+    assert cfg.max_steps == 7 and cfg.sparse_prediction is False and cfg.optim.betas == (0.8, 0.9)
+    assert cfg.optim == OptimConfig(betas=(0.8, 0.9), warmup_steps=50, decay_steps=100)  # the rest: defaults
     assert cfg.model_overrides == {"num_hidden_layers": 2} and cfg.max_docs == 3
     with pytest.raises(ValueError, match="batch_tokens"):
         TrainConfig(batch_tokens=100, max_len=512)
@@ -309,3 +314,26 @@ def test_resume_with_dropout_on_gives_the_same_losses(tokenizer_dir, tmp_path):
     assert [row["loss"] for row in resumed["history"]["train"]] == losses
     without = train(tiny_config(tokenizer_dir, tmp_path / "still", **{**settings, "eval_every": 4}))
     assert [row["loss"] for row in without["history"]["train"]] == losses  # evaluating changes nothing
+
+
+def test_a_logged_config_reads_back_the_same(tmp_path):
+    """log.json's train_config (dataclasses.asdict, through JSON) reads back as the config it
+    was; so does one written before OptimConfig, with its fields among the others (the shipped
+    checkpoint's log)."""
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=9,
+                      optim=OptimConfig(lr=1e-3, betas=(0.8, 0.9), warmup_steps=2, decay_steps=3))
+    logged = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    assert TrainConfig.from_dict(logged) == cfg
+    flat = {**{k: v for k, v in logged.items() if k != "optim"}, **logged["optim"]}
+    assert TrainConfig.from_dict(flat) == cfg
+
+
+def test_logged_guesses_are_fill_masks(uninterrupted):
+    """What the run logs as its guesses after training is what a reader's `fill_mask` says of
+    the saved model, rounded (the loop computes them itself, without the user helpers)."""
+    out, log = uninterrupted
+    model, tokenizer = ModernBertForMaskedLM.from_pretrained(out), load_tokenizer(out)
+    for prompt, logged in log["fill_mask_after"].items():
+        again = [[(p.token, round(p.probability, 4)) for p in row]
+                 for row in fill_mask(model, tokenizer, prompt, top_k=3)]
+        assert [[tuple(pair) for pair in row] for row in logged] == again, prompt
