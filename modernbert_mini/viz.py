@@ -16,6 +16,7 @@ def show_source(obj) -> Markdown:
 
         show_source(modernbert_mini.rope.apply_rope)
     """
+    obj = getattr(obj, "_init_fn", obj)  # a torch custom op (flash.py): the function it was made from
     path = inspect.getsourcefile(obj) or "?"
     where = path[path.rfind("modernbert_mini"):] if "modernbert_mini" in path else path
     source = inspect.getsource(obj).rstrip()

@@ -5,16 +5,21 @@
 #      `pip install --no-index` (the machine has no network; `make wheelhouse` makes it here);
 #   3. each GPU test file in its own pytest call with its own time limit, so that one collection
 #      error stops one file, not all;
-#   4. `make bench`'s cases on the GPU (fp32 and bf16/fp16, every backend beside eager), whose
+#   4. the probe (tools/gpu_probe.py): the model compiled for the GPU (Inductor, one graph), and
+#      every attention backend timed against SDPA at the bench's shapes;
+#   5. `make bench`'s cases on the GPU (fp32 and bf16/fp16, every backend beside eager), whose
 #      files are rewritten after every case, so a cut-short run keeps what it finished.
-# Everything lands in $OUT (or out/gpu_check/), at most 8 files, see README.md ("Checking a GPU").
+# Every step has a time limit, the version printout included. Everything lands in $OUT (or
+# out/gpu_check/), 6 files at most (the device tool brings back 8): report.txt (one line per step
+# and the versions, written first thing and rewritten after every step), log.txt (every step's
+# output, one after the other), probe.txt, bench.md, bench.json, bench.png. See README.md.
 # The whole run stays under TOTAL seconds (default 540: one 600 s device call with room to spare);
-# each step's limit is cut to what is left, and the bench keeps BENCH_RESERVE seconds for itself.
+# each step's limit is cut to what is left, and the probe and bench keep their reserves.
 #
 #   bash tools/gpu_check.sh                    on the GPU machine (carry wheelhouse/ there)
 #   GPU_CHECK_DRY=1 bash tools/gpu_check.sh    here, on the CPU: the same plumbing end to end
 #     (the wheelhouse unpacked into a throwaway folder for Python 3.12, the GPU test files run and
-#     skip, the other files only collected, the bench at the mini model's size), in 2-4 minutes
+#     skip, the other files only collected, the probe and the bench at the mini model's size)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu_check}
@@ -23,16 +28,25 @@ dry=${GPU_CHECK_DRY:-0}
 PY=${PY:-python3}
 TOTAL=${TOTAL:-540}
 BENCH_RESERVE=${BENCH_RESERVE:-200}
+PROBE_RESERVE=${PROBE_RESERVE:-90}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 start=$SECONDS
 status=0
-: >"$out/summary.txt"
+report="$out/report.txt" log="$out/log.txt"
+vers=$(mktemp)  # the versions, kept outside $out (its files are what comes back)
+trap 'rm -f "$vers"' EXIT
+: >"$log"
+lines=()  # the report's step lines, so far
 
 left() { echo $((TOTAL - (SECONDS - start))); }
-note() { echo "[gpu_check +$((SECONDS - start))s] $*" | tee -a "$out/summary.txt"; }
-step() {  # step NAME LIMIT LOG COMMAND...: run with a time limit, output appended to LOG
-  local name=$1 limit=$2 log=$3 began=$SECONDS code
-  shift 3
+write_report() {  # the step lines, then the versions: rewritten whole after every step
+  { printf '%s\n' "${lines[@]}"; echo; cat "$vers"; } >"$report.part"
+  mv "$report.part" "$report"
+}
+note() { lines+=("[gpu_check +$((SECONDS - start))s] $*"); echo "${lines[-1]}"; write_report; }
+step() {  # step NAME LIMIT COMMAND...: run with a time limit, output appended to log.txt
+  local name=$1 limit=$2 began=$SECONDS code
+  shift 2
   if [ "$limit" -le 5 ]; then
     note "$name: not run, no time left"; status=1; return
   fi
@@ -62,14 +76,20 @@ try:
         print("cuda          none: no CUDA GPU here")
     import modernbert_mini as mm
     print("runtime      ", mm.runtime.summary())
-    print("backends     ", ", ".join(mm.runtime.detect().attention_backends))
+    print("backends     ", ", ".join(mm.backends.runnable(mm.runtime.detect())))
 except Exception as error:
     print("runtime       FAILED:", type(error).__name__, error)
 EOF
 }
 
+versions_file() {  # the versions, under a time limit of their own, added to the report
+  timeout -k 5 60 bash -c "$(declare -f versions); PY='$PY' versions" >>"$vers" 2>&1 \
+    || echo "versions: exit $? (timed out after 60 s, or failed)" >>"$vers"
+}
+
 note "start: dry=$dry, python $PY, out $out, budget ${TOTAL}s"
-versions 2>&1 | tee "$out/versions.txt"
+versions_file
+note "versions: in this report, below"
 
 # --------------------------------------------------------------------------- what is missing
 if ! ls wheelhouse/*.whl >/dev/null 2>&1; then
@@ -77,32 +97,39 @@ if ! ls wheelhouse/*.whl >/dev/null 2>&1; then
   status=1
 elif [ "$dry" = 1 ]; then  # every wheel, unpacked for the GPU machine's Python into a throwaway folder
   site=$(mktemp -d)
-  step "install (dry: unpack for cp312 into $site)" 120 "$out/install.log" \
+  step "install (dry: unpack for cp312 into $site)" 120 \
     $PY -m pip install --no-index --no-deps --no-compile --only-binary=:all: --target "$site" \
     --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 wheelhouse/*.whl
   rm -rf "$site"
 else  # pip installs only what is missing or too old there
-  step install 120 "$out/install.log" $PY -m pip install --no-index --find-links wheelhouse \
+  step install 120 $PY -m pip install --no-index --find-links wheelhouse \
     --disable-pip-version-check -r tools/gpu_requirements.txt
-  { echo; echo "after install:"; versions; } >>"$out/versions.txt" 2>&1
+  { echo; echo "after install:"; } >>"$vers"
+  versions_file
+  write_report
 fi
 
 # --------------------------------------------------------------------------- tests, one call a file
 # name and limit; the GPU-only files first (they skip without CUDA)
 tests=("test_flash_gpu.py 150" "test_gpu.py 90" "test_flash.py 90" "test_backends.py 60" "test_runtime.py 30")
-: >"$out/tests.log"
 for entry in "${tests[@]}"; do
   set -- $entry
   file=$1 limit=$2
-  budget=$(( $(left) - BENCH_RESERVE ))
+  budget=$(( $(left) - BENCH_RESERVE - PROBE_RESERVE ))
   [ "$budget" -lt "$limit" ] && limit=$budget
   case "$dry:$file" in
     1:test_flash_gpu.py | 1:test_gpu.py | 0:*) only=() ;;  # run (in dry mode they skip: no CUDA)
     *) only=(--collect-only) ;;  # dry mode, a file that would run on the CPU: collection only
   esac
-  step "$file" "$limit" "$out/tests.log" $PY -m pytest -q -rs -p no:cacheprovider "${only[@]}" "tests/$file"
+  step "$file" "$limit" $PY -m pytest -q -rs -p no:cacheprovider "${only[@]}" "tests/$file"
 done
+
+# --------------------------------------------------------------------------- probe: compile, backends
+limit=$(( $(left) - BENCH_RESERVE ))
+[ "$limit" -gt "$PROBE_RESERVE" ] || limit=$PROBE_RESERVE
+step probe "$limit" bash -c "$PY tools/gpu_probe.py --repeats $([ "$dry" = 1 ] && echo 1 || echo 5) \
+  > '$out/probe.txt' 2>&1; code=\$?; cat '$out/probe.txt'; exit \$code"
 
 # --------------------------------------------------------------------------- bench, case by case
 if [ "$dry" = 1 ]; then
@@ -110,8 +137,7 @@ if [ "$dry" = 1 ]; then
 else
   bench_args=(--cases full varlen long --repeats 3)
 fi
-: >"$out/bench.log"
-step bench "$(( $(left) ))" "$out/bench.log" $PY -m modernbert_mini.bench --out "$out" "${bench_args[@]}"
+step bench "$(( $(left) ))" $PY -m modernbert_mini.bench --out "$out" "${bench_args[@]}"
 
 note "done in $((SECONDS - start))s, exit $status; files: $(cd "$out" && ls | tr '\n' ' ')"
 exit $status
