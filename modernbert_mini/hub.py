@@ -235,8 +235,9 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
                              "device='cpu', or run on a machine with an NVIDIA GPU and a CUDA build "
                              "of torch")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device={str(device)!r} is not here: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s), cuda:0 ...")
+            count = torch.cuda.device_count()
+            raise ValueError(f"device={str(device)!r} is not here: this machine has {count} CUDA "
+                             f"device(s), cuda:0 to cuda:{count - 1}")
     return device
 
 
