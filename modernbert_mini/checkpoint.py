@@ -1,6 +1,8 @@
 """The small pretrained checkpoint that chapters 10 and 11 load (modernbert_mini/assets/mini/):
 a finished `make pretrain` run exported in float16 (`export`, `make mini-checkpoint`), its
-validation loss recomputed on the cast weights (`validate`), and read back (`load_pretrained`).
+validation loss recomputed on the cast weights (`validate`), and read back (`load_pretrained`);
+and a checkpoint as fine-tuning starts from it (`load_encoder_checkpoint`: its weights, or its
+architecture from random initialisation; `load_checkpoint_tokenizer`).
 """
 
 from __future__ import annotations
@@ -8,13 +10,17 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
+from torch import nn
 
+from . import data
+from .config import ModernBertConfig
 from .mlm import evaluate
-from .model import ModernBertForMaskedLM
+from .model import ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertModel
 from .tokenizer import load_tokenizer, save_tokenizer
 from .train import LOG_FILE, PLOT_FILE, TrainConfig, validation_batches
 
@@ -72,3 +78,28 @@ def load_pretrained(directory: str | Path = PRETRAINED_DIR) -> tuple[ModernBertF
             "`make mini-checkpoint` makes it again from a `make pretrain` run")
     return (ModernBertForMaskedLM.from_pretrained(directory), load_tokenizer(directory),
             json.loads((directory / LOG_FILE).read_text()))
+
+
+# ----------------------------------------------------------------------------- fine-tuning from it
+def load_encoder_checkpoint(checkpoint: str | Path, init: str, *, num_labels: int | None,
+                            seed: int, **overrides) -> nn.Module:
+    """A classifier (num_labels given) or a bare encoder (num_labels=None) with the
+    checkpoint's architecture: its weights (init="pretrained"; a new head is initialised as the
+    package does, from `seed`) or none of them (init="random": the package's initialisation)."""
+    if init not in ("pretrained", "random"):
+        raise ValueError(f"init={init!r} is invalid: must be 'pretrained' or 'random'")
+    cls = ModernBertModel if num_labels is None else ModernBertForSequenceClassification
+    extra = {} if num_labels is None else {"num_labels": num_labels}
+    torch.manual_seed(seed)
+    if init == "random":
+        config = ModernBertConfig.from_pretrained(checkpoint, **overrides)
+        return cls(config, **extra)
+    with warnings.catch_warnings():  # "skipped decoder.*": a new head is the point here
+        warnings.simplefilter("ignore")
+        return cls.from_pretrained(checkpoint, strict=False, **overrides, **extra)
+
+
+def load_checkpoint_tokenizer(checkpoint: str | Path) -> Tokenizer:
+    """The checkpoint's tokenizer.json, or the corpus tokenizer `make pretrain` trains with."""
+    path = Path(checkpoint)
+    return load_tokenizer(path) if (path / "tokenizer.json").is_file() else data.corpus_tokenizer()

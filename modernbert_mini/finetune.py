@@ -1,8 +1,7 @@
 """Fine-tuning ModernBERT: a classifier and a retrieval bi-encoder. Chapter 11.
 
 ModernBERT is judged downstream on classification (GLUE) and retrieval (BEIR, code search). This
-module holds what fine-tuning needs; `experiment.py` runs it on the offline tasks (`make finetune`)
-and on GLUE.
+module holds what fine-tuning needs; `experiment.py` runs it on the offline tasks (`make finetune`).
 
 - classification: `ModernBertForSequenceClassification` (pooled encoder -> head -> classifier,
   cross entropy), `train_classifier` and `predict`.
@@ -15,23 +14,22 @@ and on GLUE.
       S = Q D^T / temperature                                           Q, D: (n, H) unit rows
       loss = (cross_entropy(S, [0, ..., n-1]) + cross_entropy(S^T, [0, ..., n-1])) / 2
 
-  `mean_cosine` measures how far the embeddings are from pointing all one way (anisotropy).
-- hybrid retrieval: the bi-encoder's scores and BM25's fused, each z-normalised per query and
-  weighted (`fuse_scores`, the weight chosen on validation queries, `choose_fusion_weight`); or
-  their rankings by reciprocal rank fusion (Cormack et al., 2009): score(d) = sum over rankings
-  of 1 / (k + rank(d)), k = 60, which throws the scores away.
+- one model, one task, scored: `run_classification` (accuracy, macro-F1) and `run_retrieval`
+  (MRR, nDCG, recall; before and after fine-tuning; fused with BM25), with `tasks.py`'s metrics
+  and fusion; `mini_classifier`, `mini_encoder`: the mini checkpoint as they start from it.
+- GLUE (online): `finetune_glue` fine-tunes the published ModernBERT-base on one of its tasks.
 
 The loop is the package's own (`loop.py`, chapters 6 and 9): texts are tokenized once, batches
-are packed (documents back to back with `cu_seqlens`, no padding computed), StableAdamW with the
-config's betas and eps and no decay on norms and biases, the warmup-stable-decay learning rate,
-a tqdm progress bar.
+are packed (`packing.py`: documents back to back with `cu_seqlens`, no padding computed),
+StableAdamW and the warmup-stable-decay learning rate as `FinetuneConfig.optim` says (no decay
+on norms and biases), a tqdm progress bar.
 """
 
 from __future__ import annotations
 
-import warnings
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,23 +37,30 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from . import data, loop
-from .config import ModernBertConfig
+from . import loop, tasks
+from .checkpoint import load_checkpoint_tokenizer  # noqa: F401  (chapter 11 reads it here)
+from .checkpoint import load_encoder_checkpoint
 from .hub import save_sentence_transformers
 from .model import ModernBertForSequenceClassification, ModernBertModel
 from .optim import OptimConfig
 from .packing import PackedBatch, collate
-from .runtime import autocast
+from .runtime import autocast, detect
+from .tasks import choose_fusion_weight, fuse_scores, mean_cosine, reciprocal_rank_fusion, top_k
 from .tokenizer import Text, load_tokenizer, to_sequences
-
-RRF_K = 60  # reciprocal rank fusion's constant, as in Cormack et al. (2009)
-
 
 # fine-tuning's optimizer: a lower peak lr than pretraining, torch-style weight decay (times the
 # lr, decouple_lr=False), warmup over the first 10% of the steps and the 1-sqrt decay to 0 over
 # the last 30%: shares of a run whose length the data decides
 FINETUNE_OPTIM = OptimConfig(lr=3e-4, weight_decay=0.01, decouple_lr=False, warmup_steps=0.1,
                              decay_steps=0.3)
+BASE_MODEL = "answerdotai/ModernBERT-base"
+FUSION_DEPTH = 100  # how deep each ranking goes into the fusion
+GLUE_TEXTS = {  # task -> its text field(s)
+    "cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"), "stsb": ("sentence1", "sentence2"),
+    "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2"),
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class FinetuneConfig:
                              "(in-batch negatives need another pair in the batch)")
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature!r} is invalid: must be > 0")
+
+
+GLUE_CONFIG = FinetuneConfig(max_len=512, optim=replace(FINETUNE_OPTIM, lr=8e-5))  # ModernBERT-base
 
 
 # ----------------------------------------------------------------------------- text -> batches
@@ -120,7 +128,7 @@ def fit(model: nn.Module, steps: Sequence, loss_of: Callable[[object], torch.Ten
     len(steps) and any gradient clipping are cfg.optim's (`loop.py`). Returns the loss of every
     step.
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # it loads IPython where there is one: not with the package
 
     if len(steps) == 0:
         raise ValueError("no training steps: the training data is empty")
@@ -257,96 +265,124 @@ def embed_texts(model: BiEncoder, tokenizer: Tokenizer, texts: Sequence[str], ma
     return out
 
 
-def top_k(scores: torch.Tensor, k: int) -> list[list[int]]:
-    """For each row of scores (Q, D), the k best columns, best first."""
-    return scores.topk(min(k, scores.shape[1]), dim=-1).indices.tolist()
+# ----------------------------------------------------------------------------- one model, one task, scored
+def run_classification(task: tasks.ClassificationTask, make_model: Callable[[int], nn.Module],
+                       cfg: FinetuneConfig, tokenizer: Tokenizer) -> dict:
+    """Fine-tune make_model(cfg.seed) on task.train, score on task.test: accuracy, macro-F1,
+    seconds."""
+    start, cpu = time.perf_counter(), time.process_time()
+    model = make_model(cfg.seed)
+    train_classifier(model, tokenizer, [e.text for e in task.train], [e.label for e in task.train],
+                     cfg)
+    predicted = predict(model, tokenizer, [e.text for e in task.test], cfg.max_len).argmax(-1)
+    scores = tasks.classification_metrics([e.label for e in task.test], predicted.tolist())
+    return {**scores, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
 
 
-def mean_cosine(embeddings: torch.Tensor) -> float:
-    """The mean cosine similarity between two different rows of (N, H) embeddings: near 0 when
-    they spread over the space, near 1 when they all point one way (anisotropy)."""
-    if embeddings.dim() != 2 or len(embeddings) < 2:
-        raise ValueError(f"embeddings must be (N, H) with N >= 2, got {tuple(embeddings.shape)}")
-    unit = F.normalize(embeddings.double(), dim=-1)
-    total = unit.sum(0)  # sum over pairs i != j of u_i . u_j = |sum u|^2 - N
-    n = len(unit)
-    return float((total @ total - n) / (n * (n - 1)))
+def dense_scores(model: BiEncoder, tokenizer: Tokenizer, pairs: Sequence[tasks.SearchPair],
+                 max_len: int) -> tuple[torch.Tensor, float]:
+    """The cosine of every query with every document (Q, D), and the documents' mean cosine."""
+    queries = embed_texts(model, tokenizer, [p.query for p in pairs], max_len)
+    documents = embed_texts(model, tokenizer, [p.code for p in pairs], max_len)
+    return queries @ documents.T, mean_cosine(documents)
 
 
-def fuse_scores(dense: torch.Tensor, lexical: torch.Tensor, weight: float) -> torch.Tensor:
-    """weight * z(dense) + (1 - weight) * z(lexical), each score matrix (Q, D) z-normalised per
-    query (its row's mean 0, standard deviation 1), so that the two scales can be added."""
-    if dense.shape != lexical.shape or dense.dim() != 2:
-        raise ValueError(f"dense {tuple(dense.shape)} and lexical {tuple(lexical.shape)} must "
-                         "both be (queries, documents)")
-    if not 0 <= weight <= 1:
-        raise ValueError(f"weight={weight!r} is invalid: must be in [0, 1]")
-
-    def z(scores):
-        scores = scores.double()
-        return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp(min=1e-12)
-    return weight * z(dense) + (1 - weight) * z(lexical)
+def metrics_of(scores: torch.Tensor) -> dict:
+    return tasks.retrieval_metrics(top_k(scores, FUSION_DEPTH))
 
 
-FUSION_WEIGHTS = tuple(i / 10 for i in range(11))
+def zero_shot_retrieval(task: tasks.RetrievalTask, model: BiEncoder, tokenizer: Tokenizer,
+                        max_len: int) -> dict:
+    """A bi-encoder's metrics on task.test as it is, and the documents' mean cosine."""
+    scores, cosine = dense_scores(model, tokenizer, task.test, max_len)
+    return {**metrics_of(scores), "mean_cosine": cosine}
 
 
-def choose_fusion_weight(dense: torch.Tensor, lexical: torch.Tensor,
-                         metric: Callable[[list[list[int]]], float],
-                         weights: Sequence[float] = FUSION_WEIGHTS) -> tuple[float, dict]:
-    """The weight of `fuse_scores` with the best metric(rankings) on these (validation) queries,
-    the first of the best on a tie; and the metric of every weight tried."""
-    tried = {w: metric(top_k(fuse_scores(dense, lexical, w), 10)) for w in weights}
-    best = max(tried.values())
-    return next(w for w in weights if tried[w] == best), tried
+def run_retrieval(task: tasks.RetrievalTask, make_encoder: Callable[[int], nn.Module],
+                  cfg: FinetuneConfig, tokenizer: Tokenizer, bm25: dict | None = None) -> dict:
+    """The bi-encoder of make_encoder(cfg.seed) on task.test before fine-tuning ("zero_shot",
+    with the documents' mean cosine), fine-tuned on task.train and scored again (the metrics,
+    "mean_cosine"); with BM25's score matrices bm25={"test", "validation"}, the hybrids too:
+    score fusion with the weight that is best on task.validation ("fused"), and RRF ("rrf")."""
+    start, cpu = time.perf_counter(), time.process_time()
+    model = BiEncoder(make_encoder(cfg.seed))
+    zero_shot = zero_shot_retrieval(task, model, tokenizer, cfg.max_len)
+    train_biencoder(model, tokenizer, [p.query for p in task.train], [p.code for p in task.train],
+                    cfg)
+    after, cosine_after = dense_scores(model, tokenizer, task.test, cfg.max_len)
+    out = {**metrics_of(after), "mean_cosine": cosine_after,
+           "zero_shot": zero_shot}
+    if bm25 is not None:
+        on_validation, _ = dense_scores(model, tokenizer, task.validation, cfg.max_len)
+        weight, tried = choose_fusion_weight(
+            on_validation, bm25["validation"], lambda ranked: tasks.retrieval_metrics(ranked)["mrr@10"])
+        out["fused"] = {**metrics_of(fuse_scores(after, bm25["test"], weight)), "weight": weight,
+                        "validation_mrr@10": {str(w): m for w, m in tried.items()}}
+        out["rrf"] = tasks.retrieval_metrics(reciprocal_rank_fusion(
+            [top_k(after, FUSION_DEPTH), top_k(bm25["test"], FUSION_DEPTH)]))
+    out.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
+    return out
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[Sequence[int]]], k: int = RRF_K,
-                           depth: int | None = None) -> list[list[int]]:
-    """Fuse several rankings of the same queries: score(d) = sum_r 1 / (k + rank_r(d)).
+def mini_classifier(checkpoint, init: str, num_labels: int, **overrides):
+    """make_model for the mini model: pooled by the mean of its tokens (ModernBERT's released
+    fine-tuning configs pool with "mean"; MLM never trains [CLS]'s output)."""
+    return lambda seed: load_encoder_checkpoint(checkpoint, init, num_labels=num_labels, seed=seed,
+                                                **{"classifier_pooling": "mean", **overrides})
 
-    rankings[r][q] lists the documents ranker r returns for query q, best first (rank 1 is the
-    first); a document a ranker did not return gets nothing from it. Returns, per query, the
-    documents by fused score, best first (ties: the smaller document index first), at most
-    `depth` of them (None: all that any ranker returned).
+
+def mini_encoder(checkpoint, init: str, **overrides):
+    return lambda seed: load_encoder_checkpoint(checkpoint, init, num_labels=None, seed=seed,
+                                                **overrides)
+
+
+# ----------------------------------------------------------------------------- online: GLUE
+def _needs_network(what: str, error: Exception) -> RuntimeError:
+    return RuntimeError(f"{what} needs the network (the Hugging Face hub), and it could not be "
+                        f"reached: {type(error).__name__}: {error}. Offline, use the tasks that "
+                        "work here: `python -m modernbert_mini.experiment` (make finetune).")
+
+
+def finetune_glue(name: str, model_id: str | Path = BASE_MODEL,
+                  cfg: FinetuneConfig = replace(GLUE_CONFIG, epochs=2),
+                  max_train: int | None = None) -> dict:
+    """Fine-tune `model_id` (the published ModernBERT-base by default) on a GLUE task and score
+    it on the validation split (GLUE's test labels are not public). Online only.
+
+    The same loop as the offline tasks; on a GPU the model and batches go there (bf16 autocast
+    where it is native). Returns accuracy and macro-F1 (Pearson and Spearman r for stsb).
     """
-    if not rankings:
-        raise ValueError("rankings is empty: fusion needs at least one ranking")
-    if len({len(r) for r in rankings}) != 1:
-        raise ValueError(f"rankings cover different numbers of queries: {[len(r) for r in rankings]}")
-    if not (isinstance(k, (int, float)) and k >= 0):
-        raise ValueError(f"k={k!r} is invalid: must be a number >= 0")
-    fused = []
-    for per_query in zip(*rankings):
-        scores: dict[int, float] = {}
-        for documents in per_query:
-            for position, document in enumerate(documents):
-                scores[document] = scores.get(document, 0.0) + 1.0 / (k + position + 1)
-        best = sorted(scores, key=lambda d: (-scores[d], d))
-        fused.append(best if depth is None else best[:depth])
-    return fused
+    if name not in GLUE_TEXTS:
+        raise ValueError(f"GLUE task {name!r} is not supported here; choose one of {tuple(GLUE_TEXTS)}")
+    try:
+        tokenizer = load_tokenizer(model_id)
+        splits = {s: tasks.load_glue(name, s) for s in
+                  ("train", "validation_matched" if name == "mnli" else "validation")}
+    except (OSError, ConnectionError) as error:  # huggingface_hub's offline errors are OSErrors
+        raise _needs_network(f"fine-tuning on GLUE {name}", error) from error
+    train, validation = splits.values()
+    if max_train is not None:
+        train = train.select(range(min(max_train, len(train))))
+    fields_ = GLUE_TEXTS[name]
 
+    def texts(split):
+        columns = [split[f] for f in fields_]
+        return list(columns[0]) if len(columns) == 1 else list(zip(*columns))
+    regression = name == "stsb"
+    num_labels = 1 if regression else train.features["label"].num_classes
+    try:
+        model = ModernBertForSequenceClassification.from_pretrained(
+            model_id, strict=False, num_labels=num_labels)
+    except OSError as error:
+        raise _needs_network(f"loading {model_id}", error) from error
+    model.to(detect().device)
+    train_classifier(model, tokenizer, texts(train), list(train["label"]), cfg)
+    logits = predict(model, tokenizer, texts(validation), cfg.max_len)
+    truth = list(validation["label"])
+    if regression:
+        from scipy.stats import pearsonr, spearmanr  # for stsb alone: not with the package
 
-# ----------------------------------------------------------------------------- starting points
-def load_encoder_checkpoint(checkpoint: str | Path, init: str, *, num_labels: int | None,
-                            seed: int, **overrides) -> nn.Module:
-    """A classifier (num_labels given) or a bare encoder (num_labels=None) with the
-    checkpoint's architecture: its weights (init="pretrained"; a new head is initialised as the
-    package does, from `seed`) or none of them (init="random": the package's initialisation)."""
-    if init not in ("pretrained", "random"):
-        raise ValueError(f"init={init!r} is invalid: must be 'pretrained' or 'random'")
-    cls = ModernBertModel if num_labels is None else ModernBertForSequenceClassification
-    extra = {} if num_labels is None else {"num_labels": num_labels}
-    torch.manual_seed(seed)
-    if init == "random":
-        config = ModernBertConfig.from_pretrained(checkpoint, **overrides)
-        return cls(config, **extra)
-    with warnings.catch_warnings():  # "skipped decoder.*": a new head is the point here
-        warnings.simplefilter("ignore")
-        return cls.from_pretrained(checkpoint, strict=False, **overrides, **extra)
-
-
-def load_checkpoint_tokenizer(checkpoint: str | Path) -> Tokenizer:
-    """The checkpoint's tokenizer.json, or the corpus tokenizer `make pretrain` trains with."""
-    path = Path(checkpoint)
-    return load_tokenizer(path) if (path / "tokenizer.json").is_file() else data.corpus_tokenizer()
+        predicted = logits[:, 0].tolist()
+        return {"pearson": float(pearsonr(truth, predicted)[0]),
+                "spearman": float(spearmanr(truth, predicted)[0])}
+    return tasks.classification_metrics(truth, logits.argmax(-1).tolist())

@@ -15,6 +15,17 @@ from held-out files, which the pretraining split never contains either, and any 
 whose text also occurs in training is dropped. Baselines: TF-IDF + logistic regression
 (`tfidf_logreg_baseline`) and BM25 (`bm25_baseline`, the `bm25s` library). When online,
 `load_glue` fetches GLUE through `datasets`.
+
+Fine-tuning (`finetuning_data`) holds some training files out to choose settings on
+(`holdout_validation`) and drops every training example that the model, reading max_len tokens,
+would see exactly as a scored one (`drop_overlap`).
+
+A dense retriever (`finetune.BiEncoder`) is scored here too: `top_k` ranks its (Q, D) scores,
+`mean_cosine` measures how far its embeddings are from pointing all one way (anisotropy). A
+hybrid fuses it with BM25: the two score matrices, each z-normalised per query and weighted
+(`fuse_scores`, the weight chosen on validation queries, `choose_fusion_weight`); or their
+rankings by reciprocal rank fusion (Cormack et al., 2009): score(d) = sum over rankings of
+1 / (k + rank(d)), k = 60, which throws the scores away (`reciprocal_rank_fusion`).
 """
 
 from __future__ import annotations
@@ -23,18 +34,25 @@ import ast
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
 
 from . import data
+from .tokenizer import to_sequences
 
 # classification: a package is a class when it has at least this many examples in each split;
 # each class is then capped so that no package dominates
 MIN_TRAIN_PER_CLASS, MIN_TEST_PER_CLASS = 50, 20
 MAX_TRAIN_PER_CLASS, MAX_TEST_PER_CLASS = 400, 100
+VALIDATION_PERCENT = 8  # of the training files (about 15% of the examples): where settings are chosen
 MIN_FUNCTION_LINES = 3  # shorter functions (`def close(self): pass`) say nothing
 MIN_QUERY_WORDS = 3
 FUNCTIONS_FORMAT = 1  # bump when extract_functions changes
+RRF_K = 60  # reciprocal rank fusion's constant, as in Cormack et al. (2009)
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "ax")
 
 
@@ -342,6 +360,134 @@ def _bm25(documents: Sequence[str], queries: Sequence[str]):
                                    show_progress=False), show_progress=False)
     return retriever, bm25s.tokenize([" ".join(code_words(q)) for q in queries], stopwords="en",
                                      show_progress=False, return_ids=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tasks as fine-tuning uses them: a validation split, no scored example in training
+# ---------------------------------------------------------------------------------------------
+
+def holdout_validation(examples: Sequence, percent: int = VALIDATION_PERCENT) -> tuple[list, list]:
+    """Split training examples by file, with the corpus's rule and its own salt
+    (`data.is_heldout(path, salt="validation:")`): (train, validation). Settings are chosen on
+    the validation part, never on the test split."""
+    held = [data.is_heldout(e.path, salt="validation:", percent=percent) for e in examples]
+    return ([e for e, h in zip(examples, held) if not h], [e for e, h in zip(examples, held) if h])
+
+
+def finetuning_data(tokenizer: Tokenizer, max_len: int, validation: bool = False,
+                    retrieval_max_len: int | None = None,
+                    ) -> tuple[ClassificationTask, RetrievalTask]:
+    """The two offline tasks as the experiment uses them: train on .train, choose on
+    .validation, score on .test.
+
+    .validation is some of the training split's files (`holdout_validation`), .train the rest;
+    .test is the task's own test split (the baselines score the same examples), and from .train
+    go the examples the model would see exactly as a scored one (`drop_overlap`).
+    validation=True scores on .validation instead (.test is then those files), so that the real
+    test split is not looked at while choosing.
+    """
+    out = []
+    for task, cut in ((package_classification(), max_len),
+                      (code_search(), retrieval_max_len or max_len)):
+        train, held = holdout_validation(task.train)
+        task = replace(task, train=tuple(train), validation=tuple(held))
+        if validation:
+            task = replace(task, test=tuple(held))
+        out.append(drop_overlap(task, tokenizer, cut))
+    return out[0], out[1]
+
+
+def example_texts(example: LabelledText | SearchPair) -> list[str]:
+    """What the model reads of an example: its text, or a search pair's query and code."""
+    return [example.text] if isinstance(example, LabelledText) else [example.query, example.code]
+
+
+def drop_overlap(task, tokenizer: Tokenizer, max_len: int):
+    """The task without the training examples that the model, reading max_len tokens, would see
+    exactly as it sees a scored one: texts that differ only after the cut are one example to it.
+    (The task keeps distinct texts apart; cut to 128 tokens, two `distutils` `link` methods meet.)"""
+    def cut(examples):
+        texts = [t for e in examples for t in example_texts(e)]
+        return [tuple(s.tolist()) for s in to_sequences(tokenizer, texts, max_len, overflow="truncate")]
+    scored = set(cut(task.test))
+    per = len(example_texts(task.train[0]))
+    seen = cut(task.train)
+    kept = [e for i, e in enumerate(task.train) if scored.isdisjoint(seen[i * per:(i + 1) * per])]
+    return replace(task, train=tuple(kept))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring a dense retriever, and fusing it with BM25
+# ---------------------------------------------------------------------------------------------
+
+def top_k(scores: torch.Tensor, k: int) -> list[list[int]]:
+    """For each row of scores (Q, D), the k best columns, best first."""
+    return scores.topk(min(k, scores.shape[1]), dim=-1).indices.tolist()
+
+
+def mean_cosine(embeddings: torch.Tensor) -> float:
+    """The mean cosine similarity between two different rows of (N, H) embeddings: near 0 when
+    they spread over the space, near 1 when they all point one way (anisotropy)."""
+    if embeddings.dim() != 2 or len(embeddings) < 2:
+        raise ValueError(f"embeddings must be (N, H) with N >= 2, got {tuple(embeddings.shape)}")
+    unit = F.normalize(embeddings.double(), dim=-1)
+    total = unit.sum(0)  # sum over pairs i != j of u_i . u_j = |sum u|^2 - N
+    n = len(unit)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+def fuse_scores(dense: torch.Tensor, lexical: torch.Tensor, weight: float) -> torch.Tensor:
+    """weight * z(dense) + (1 - weight) * z(lexical), each score matrix (Q, D) z-normalised per
+    query (its row's mean 0, standard deviation 1), so that the two scales can be added."""
+    if dense.shape != lexical.shape or dense.dim() != 2:
+        raise ValueError(f"dense {tuple(dense.shape)} and lexical {tuple(lexical.shape)} must "
+                         "both be (queries, documents)")
+    if not 0 <= weight <= 1:
+        raise ValueError(f"weight={weight!r} is invalid: must be in [0, 1]")
+
+    def z(scores):
+        scores = scores.double()
+        return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp(min=1e-12)
+    return weight * z(dense) + (1 - weight) * z(lexical)
+
+
+FUSION_WEIGHTS = tuple(i / 10 for i in range(11))
+
+
+def choose_fusion_weight(dense: torch.Tensor, lexical: torch.Tensor,
+                         metric: Callable[[list[list[int]]], float],
+                         weights: Sequence[float] = FUSION_WEIGHTS) -> tuple[float, dict]:
+    """The weight of `fuse_scores` with the best metric(rankings) on these (validation) queries,
+    the first of the best on a tie; and the metric of every weight tried."""
+    tried = {w: metric(top_k(fuse_scores(dense, lexical, w), 10)) for w in weights}
+    best = max(tried.values())
+    return next(w for w in weights if tried[w] == best), tried
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[Sequence[int]]], k: int = RRF_K,
+                           depth: int | None = None) -> list[list[int]]:
+    """Fuse several rankings of the same queries: score(d) = sum_r 1 / (k + rank_r(d)).
+
+    rankings[r][q] lists the documents ranker r returns for query q, best first (rank 1 is the
+    first); a document a ranker did not return gets nothing from it. Returns, per query, the
+    documents by fused score, best first (ties: the smaller document index first), at most
+    `depth` of them (None: all that any ranker returned).
+    """
+    if not rankings:
+        raise ValueError("rankings is empty: fusion needs at least one ranking")
+    if len({len(r) for r in rankings}) != 1:
+        raise ValueError(f"rankings cover different numbers of queries: {[len(r) for r in rankings]}")
+    if not (isinstance(k, (int, float)) and k >= 0):
+        raise ValueError(f"k={k!r} is invalid: must be a number >= 0")
+    fused = []
+    for per_query in zip(*rankings):
+        scores: dict[int, float] = {}
+        for documents in per_query:
+            for position, document in enumerate(documents):
+                scores[document] = scores.get(document, 0.0) + 1.0 / (k + position + 1)
+        best = sorted(scores, key=lambda d: (-scores[d], d))
+        fused.append(best if depth is None else best[:depth])
+    return fused
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from modernbert_mini import data, results, tasks
 from modernbert_mini import experiment as ex
 from modernbert_mini import finetune as ft
-from modernbert_mini import tasks
+from modernbert_mini.checkpoint import load_encoder_checkpoint
 from modernbert_mini.config import ModernBertConfig
 from modernbert_mini.data import corpus_tokenizer
 from modernbert_mini.model import ModernBertForSequenceClassification, ModernBertModel
@@ -160,27 +161,27 @@ def test_contrastive_loss_by_hand():
 
 def test_mean_cosine_by_hand():
     same_way = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
-    assert ft.mean_cosine(same_way) == pytest.approx(1.0)
+    assert tasks.mean_cosine(same_way) == pytest.approx(1.0)
     # (1,0), (0,1), (-1,0): cosines 0, -1, 0 over the three pairs
-    assert ft.mean_cosine(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])) == pytest.approx(-1 / 3)
+    assert tasks.mean_cosine(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])) == pytest.approx(-1 / 3)
     with pytest.raises(ValueError, match="N >= 2"):
-        ft.mean_cosine(torch.ones(1, 4))
+        tasks.mean_cosine(torch.ones(1, 4))
 
 
 def test_score_fusion_by_hand():
     """Per-query z-scores: dense [1, 2, 3] -> [-1, 0, 1]; lexical [10, 40, 10] -> [-0.577,
     1.155, -0.577]; at weight 0.5 document 1 wins, at 1.0 document 2, at 0.0 document 1."""
     dense, lexical = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 40.0, 10.0]])
-    fused = ft.fuse_scores(dense, lexical, 0.5)
+    fused = tasks.fuse_scores(dense, lexical, 0.5)
     torch.testing.assert_close(fused, 0.5 * torch.tensor([[-1.0, 0.0, 1.0]], dtype=torch.float64)
                                + 0.5 * torch.tensor([[-1, 2, -1]], dtype=torch.float64) / 3 ** 0.5)
-    assert ft.top_k(ft.fuse_scores(dense, lexical, 1.0), 1) == [[2]]
-    assert ft.top_k(fused, 1) == ft.top_k(ft.fuse_scores(dense, lexical, 0.0), 1) == [[1]]
-    weight, tried = ft.choose_fusion_weight(dense, lexical, lambda ranked: float(ranked[0][0] == 2))
+    assert tasks.top_k(tasks.fuse_scores(dense, lexical, 1.0), 1) == [[2]]
+    assert tasks.top_k(fused, 1) == tasks.top_k(tasks.fuse_scores(dense, lexical, 0.0), 1) == [[1]]
+    weight, tried = tasks.choose_fusion_weight(dense, lexical, lambda ranked: float(ranked[0][0] == 2))
     # document 2 beats document 1 when w - (1-w)/sqrt(3) > 2(1-w)/sqrt(3): w > 0.634
     assert weight == 0.7 and tried[1.0] == 1.0 and tried[0.6] == 0.0  # the first weight that wins
     with pytest.raises(ValueError, match="weight"):
-        ft.fuse_scores(dense, lexical, 1.5)
+        tasks.fuse_scores(dense, lexical, 1.5)
 
 
 def test_min_steps_adds_epochs_for_small_training_sets():
@@ -219,16 +220,16 @@ def test_reference_encoder_pads_packed_sequences_as_bert_reads_them(tokenizer):
 def test_reciprocal_rank_fusion_by_hand():
     dense = [[2, 0, 1], [0, 1]]
     bm25 = [[0, 3], [1, 0]]
-    fused = ft.reciprocal_rank_fusion([dense, bm25], k=1)
+    fused = tasks.reciprocal_rank_fusion([dense, bm25], k=1)
     # query 0, k=1: doc 0: 1/(1+2) + 1/(1+1) = 0.833; doc 2: 1/2; doc 3: 1/3; doc 1: 1/4
     # query 1: docs 0 and 1 both 1/2 + 1/3: a tie, the smaller index first
     assert fused == [[0, 2, 3, 1], [0, 1]]
-    assert ft.reciprocal_rank_fusion([dense, bm25], k=1, depth=2) == [[0, 2], [0, 1]]
+    assert tasks.reciprocal_rank_fusion([dense, bm25], k=1, depth=2) == [[0, 2], [0, 1]]
     # with RRF's usual k=60 the one ranking that has doc 2 first still loses to doc 0,
     # which both rankings place high: 1/62 + 1/61 > 1/61
-    assert ft.reciprocal_rank_fusion([dense, bm25])[0][:2] == [0, 2]
+    assert tasks.reciprocal_rank_fusion([dense, bm25])[0][:2] == [0, 2]
     with pytest.raises(ValueError, match="different numbers of queries"):
-        ft.reciprocal_rank_fusion([dense, bm25[:1]])
+        tasks.reciprocal_rank_fusion([dense, bm25[:1]])
 
 
 def test_config_refuses_bad_values():
@@ -239,7 +240,7 @@ def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="warmup_steps=2.5"):
         OptimConfig(warmup_steps=2.5)
     with pytest.raises(ValueError, match="init="):
-        ft.load_encoder_checkpoint("nowhere", "scratch", num_labels=2, seed=0)
+        load_encoder_checkpoint("nowhere", "scratch", num_labels=2, seed=0)
 
 
 # --- no test example in the fine-tuning data --------------------------------------------------
@@ -247,8 +248,8 @@ def test_config_refuses_bad_values():
 @pytest.fixture(scope="module")
 def datasets(tokenizer):
     cut = ft.FinetuneConfig().max_len
-    return {"test": ex.finetuning_data(tokenizer, cut, validation=False),
-            "validation": ex.finetuning_data(tokenizer, cut, validation=True)}
+    return {"test": tasks.finetuning_data(tokenizer, cut, validation=False),
+            "validation": tasks.finetuning_data(tokenizer, cut, validation=True)}
 
 
 @pytest.mark.parametrize("split", ["test", "validation"])
@@ -259,16 +260,16 @@ def test_no_scored_example_in_the_finetuning_data(datasets, tokenizer, split):
     cut = ft.FinetuneConfig().max_len
     for train, scored in ((classification.train, classification.test), (search.train, search.test)):
         assert {e.path for e in train}.isdisjoint(e.path for e in scored)
-        seen = {t for e in train for t in ex.example_texts(e)}
-        assert not any(t in seen for e in scored for t in ex.example_texts(e))
+        seen = {t for e in train for t in tasks.example_texts(e)}
+        assert not any(t in seen for e in scored for t in tasks.example_texts(e))
         seen = {tuple(s.tolist()) for s in to_sequences(
-            tokenizer, [t for e in train for t in ex.example_texts(e)], cut, overflow="truncate")}
-        scored_sequences = to_sequences(tokenizer, [t for e in scored for t in ex.example_texts(e)], cut, overflow="truncate")
+            tokenizer, [t for e in train for t in tasks.example_texts(e)], cut, overflow="truncate")}
+        scored_sequences = to_sequences(tokenizer, [t for e in scored for t in tasks.example_texts(e)], cut, overflow="truncate")
         assert not any(tuple(s.tolist()) in seen for s in scored_sequences)
     if split == "test":  # the task's own test split, which the baselines score too
         whole = tasks.package_classification()
         assert classification.test == whole.test
-        held = [e for e in whole.train if ex.data.is_heldout(e.path, salt="validation:", percent=ex.VALIDATION_PERCENT)]
+        held = [e for e in whole.train if data.is_heldout(e.path, salt="validation:", percent=tasks.VALIDATION_PERCENT)]
         assert classification.validation == tuple(held) and 0.1 < len(held) / len(whole.train) < 0.2
         kept = len(whole.train) - len(held)
         assert 0 <= kept - len(classification.train) < 10  # the validation files, the cut-equal ones
@@ -279,9 +280,9 @@ def test_glue_offline_says_it_needs_the_network(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
     monkeypatch.setattr(ft, "load_tokenizer", offline)
     with pytest.raises(RuntimeError, match="needs the network"):
-        ex.finetune_glue("sst2")
+        ft.finetune_glue("sst2")
     with pytest.raises(ValueError, match="not supported"):
-        ex.finetune_glue("squad")
+        ft.finetune_glue("squad")
 
 
 def test_drop_overlap_by_hand(tokenizer):
@@ -292,21 +293,21 @@ def test_drop_overlap_by_hand(tokenizer):
              tasks.LabelledText("def other():\n    pass\n", 1, "a/two.py", "other"))
     task = tasks.ClassificationTask(("a", "b"), train, test)
     assert len(tokenizer.encode(head).ids) > 8  # the head alone fills the cut below
-    assert ex.drop_overlap(task, tokenizer, max_len=8).train == train[1:]
-    assert ex.drop_overlap(task, tokenizer, max_len=64).train == train  # apart when read whole
+    assert tasks.drop_overlap(task, tokenizer, max_len=8).train == train[1:]
+    assert tasks.drop_overlap(task, tokenizer, max_len=64).train == train  # apart when read whole
 
 
 def test_mean_and_spread_and_the_table_by_hand():
     runs = [{"accuracy": 0.5, "seconds": 10.0, "name": "x"}, {"accuracy": 0.7, "seconds": 12.0}]
-    spread = ex.mean_and_spread(runs)  # sample standard deviation: sqrt(((-0.1)^2 + 0.1^2) / 1)
+    spread = results.mean_and_spread(runs)  # sample standard deviation: sqrt(((-0.1)^2 + 0.1^2) / 1)
     assert list(spread) == ["accuracy", "seconds"]  # numbers only
     assert spread["accuracy"] == pytest.approx((0.6, math.sqrt(0.02)))
     assert spread["seconds"] == pytest.approx((11.0, math.sqrt(2)))
-    table = ex.markdown_table({"TF-IDF": {"accuracy": (0.625, None)},
+    table = results.markdown_table({"TF-IDF": {"accuracy": (0.625, None)},
                                "mini": {"accuracy": spread["accuracy"], "mrr@10": (0.3, 0.01)}})
     assert table.splitlines()[2] == "| TF-IDF | 0.625 | — | — | — | — | — |"
     assert table.splitlines()[3] == "| mini | 0.600 ± 0.141 | — | 0.300 ± 0.010 | — | — | — |"
-    curve = ex.markdown_table({"mini": {100: (0.4, 0.02), 300: (0.5, 0.01)}},
+    curve = results.markdown_table({"mini": {100: (0.4, 0.02), 300: (0.5, 0.01)}},
                               [(100, "100"), (300, "300")], first="labelled examples")
     assert curve.splitlines() == ["| labelled examples | 100 | 300 |", "|---|---:|---:|",
                                   "| mini | 0.400 ± 0.020 | 0.500 ± 0.010 |"]
@@ -331,7 +332,7 @@ def test_the_command_line_comes_from_the_config_types():
 
 
 def test_run_cache_reruns_only_what_changed(tmp_path):
-    cache, calls = ex.RunCache(tmp_path), []
+    cache, calls = results.RunCache(tmp_path), []
 
     def run(value):
         calls.append(value)
@@ -343,7 +344,7 @@ def test_run_cache_reruns_only_what_changed(tmp_path):
     changed = {**what, "cfg": {"lr": 2e-3, "progress": True}}
     assert cache.get(changed, lambda: run(0.7)) == {"accuracy": 0.7} and calls == [0.5, 0.7]
     assert len(list(tmp_path.glob("classification-*.json"))) == 2
-    assert ex.RunCache(None).get(what, lambda: run(0.1)) == {"accuracy": 0.1}  # no cache
+    assert results.RunCache(None).get(what, lambda: run(0.1)) == {"accuracy": 0.1}  # no cache
 
 
 def test_compare_refuses_unknown_parts(tmp_path):
