@@ -229,7 +229,7 @@ def guesses(model: ModernBertForMaskedLM, tokenizer: Tokenizer, prompt: str,
 
 
 def plot_losses(history: dict, baseline: dict | None, path: Path) -> None:
-    from .viz import file_figure
+    from .viz import file_figure  # IPython, matplotlib: imported to draw, not with the package
 
     fig = file_figure(figsize=(7, 4))
     ax = fig.subplots()
@@ -251,7 +251,7 @@ def plot_losses(history: dict, baseline: dict | None, path: Path) -> None:
 # ----------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> dict:
     """Pretrain as `cfg` says; returns the log (also written to out_dir/log.json)."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # it loads IPython where there is one: not with the package
 
     d = loop.setup_distributed()
     out_dir = Path(cfg.out_dir)
