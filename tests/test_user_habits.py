@@ -233,6 +233,7 @@ def test_pooling_choices_differ(mini):
         mm.embed(model, tokenizer, TEXTS, pooling="max")
 
 
+@pytest.mark.filterwarnings("ignore:some weights")  # an MLM checkpoint into a bare encoder
 def test_the_bi_encoder_saves_for_sentence_transformers(mini, tmp_path):
     model, tokenizer = mini
     encoder = BiEncoder(mm.ModernBertModel.from_pretrained(PRETRAINED_DIR))
