@@ -34,6 +34,7 @@ from .config import ModernBertConfig
 from .hub import HubMixin
 from .linear import Linear  # nn.Linear, its weight reordered for CPU inference
 from .mlp import GeGLU
+from .packing import sequence_positions
 from .padding import Batch, _shape, pad, unpad
 
 IGNORE_INDEX = -100  # the label of a position that has no target
@@ -439,9 +440,8 @@ def pool(x: torch.Tensor, how: str, padding_mask: torch.Tensor | None = None,
         starts = cu_seqlens[:-1].long()
         if how == "cls":
             return x[starts]
+        rows, _ = sequence_positions(cu_seqlens, x.shape[0])  # (T,); the size given: no sync
         lengths = cu_seqlens.diff()  # (N,)
-        rows = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths,
-                                       output_size=x.shape[0])  # (T,); the size given: no sync
         return x.new_zeros(len(lengths), x.shape[-1]).index_add_(0, rows, x) / lengths.to(x.dtype)[:, None]
     if padding_mask is None:
         return x[:, 0] if how == "cls" else x.mean(dim=1)

@@ -66,12 +66,16 @@ def collate(sequences: Sequences, indices: Sequence[int]) -> PackedBatch:
     return PackedBatch(torch.cat(parts).long(), cu_seqlens, int(lengths.max()))
 
 
-def sequence_positions(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_positions(cu_seqlens: torch.Tensor,
+                       num_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sequence, position), each (T,): which of the N packed sequences each token is in, and its
-    position in it (0 at the sequence's first token), from cu_seqlens (N + 1,)."""
-    lengths = cu_seqlens.diff().long()  # (N,)
-    sequence = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths)
-    position = torch.arange(len(sequence), device=cu_seqlens.device) - cu_seqlens[:-1].long()[sequence]
+    position in it (0 at the sequence's first token), from cu_seqlens (N + 1,). num_tokens: T,
+    where the caller knows it (then a GPU's offsets are not copied back to learn it)."""
+    lengths = cu_seqlens.diff()  # (N,)
+    device = cu_seqlens.device
+    sequence = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths,
+                                       output_size=num_tokens)  # (T,)
+    position = torch.arange(len(sequence), device=device) - cu_seqlens[:-1].long()[sequence]
     return sequence, position
 
 
