@@ -5,7 +5,12 @@ turns (so a slow moment of the machine hits both), and keep their best time. Cas
 
 - (a) full:     8 x 512, no padding;
 - (b) varlen:   8 sequences of 64..512 tokens (mean 256), padded to 512;
-- (c) long:     one sequence of 8192 tokens (a reduced-depth base on the CPU: both sides alike).
+- (c) long:     one sequence of 8192 tokens (a reduced-depth base on the CPU: both sides alike);
+- (d) train:    one pretraining step (forward, backward, optimizer step) on 64 short documents of
+                16 to 128 tokens with 30% of the tokens as targets, the mini model by default:
+                ours packed (no padding), sparse prediction, StableAdamW; transformers' ModernBERT
+                on the same documents padded to the longest with an attention mask, as
+                DataCollatorForLanguageModeling feeds it, sparse prediction on too, torch's AdamW.
 
 Reported: real tokens per second, the ratio to the reference, the peak memory a forward adds
 (Linux's resident high-water mark, reset before the call, above what was resident then), and model FLOP
@@ -21,7 +26,7 @@ capability >= 8.0, else fp16), each beside transformers' SDPA in the same dtype:
 attention backend that runs there (eager, sdpa, triton, flash_attn) and "auto", so the table
 shows what the fast kernels save over the formula written out, in time and memory.
 
-    python -m modernbert_mini.bench [--out out/bench] [--cases full varlen long] [--compile]
+    python -m modernbert_mini.bench [--out out/bench] [--cases full varlen long train] [--compile]
                                     [--model base|mini]
 
 The files in --out are rewritten after every case (bench.md, bench.json, bench.png), so a run
@@ -55,7 +60,9 @@ from . import backends, runtime
 from .attention import Attention
 from .config import ModernBertConfig
 from .linear import Linear, reordering
-from .model import ModernBertModel
+from .mlm import IGNORE_INDEX, MASK_RATE
+from .model import ModernBertForMaskedLM, ModernBertModel
+from .optim import StableAdamW, param_groups
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -200,6 +207,77 @@ def reference_model(config: ModernBertConfig, ours: ModernBertModel, attn: str =
     return ref.to(dtype).eval()
 
 
+# ----------------------------------------------------------------------------- a training step
+TRAIN_DOCUMENTS, TRAIN_LENGTHS = 64, (16, 128)  # short documents, as pretraining's first phase
+
+
+def training_case(config: ModernBertConfig, seed: int = 0):
+    """64 documents of 16-128 tokens, 30% of their tokens targets (as [MASK]): (inputs, labels,
+    cu_seqlens) packed, and (inputs, labels, mask) padded to the longest, the same tokens."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(TRAIN_LENGTHS[0], TRAIN_LENGTHS[1] + 1, (TRAIN_DOCUMENTS,), generator=g)
+    ids = torch.randint(5, config.vocab_size, (int(lengths.sum()),), generator=g)  # (T,)
+    chosen = torch.rand(ids.shape, generator=g) < MASK_RATE
+    inputs = torch.where(chosen, config.mask_token_id, ids)
+    labels = torch.where(chosen, ids, IGNORE_INDEX)
+    cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    mask = torch.arange(int(lengths.max()))[None] < lengths[:, None]  # (N, S)
+    padded = [torch.full(mask.shape, fill).masked_scatter(mask, x)
+              for x, fill in ((inputs, config.pad_token_id), (labels, IGNORE_INDEX))]
+    return (inputs, labels, cu_seqlens), (*padded, mask.long())
+
+
+def training_rows(config: ModernBertConfig, device: str, repeats: int) -> list[dict]:
+    """(d): one step of each side, same weights, same tokens and targets, taking turns."""
+    config = replace(config, sparse_prediction=True, attention_backend="auto")
+    (inputs, labels, cu_seqlens), (p_inputs, p_labels, mask) = (
+        [x.to(device) for x in part] for part in training_case(config))
+    torch.manual_seed(0)
+    ours = ModernBertForMaskedLM(config).to(device).train()
+    import transformers as tf  # a test dependency: imported where the reference runs, as above
+    hf_config = tf.ModernBertConfig(**config.to_hf_dict())
+    hf_config._attn_implementation = "sdpa"
+    ref = tf.ModernBertForMaskedLM(hf_config).to(device).train()
+    ref.load_state_dict(ours.state_dict())
+    optimizers = {"ours": StableAdamW(param_groups(ours, 1e-5), lr=1e-4, betas=(0.9, 0.98), eps=1e-6),
+                  "ref": torch.optim.AdamW(param_groups(ref, 1e-5), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)}
+    longest = int(mask.sum(1).max())
+
+    def step(model, optimizer, loss_of):
+        def call():
+            loss = loss_of(model)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
+        return call
+
+    calls = {"transformers": step(ref, optimizers["ref"], lambda m: m(
+                 input_ids=p_inputs, attention_mask=mask, labels=p_labels).loss),
+             "modernbert_mini": step(ours, optimizers["ours"], lambda m: m(
+                 inputs, labels=labels, cu_seqlens=cu_seqlens, max_seqlen=longest).loss)}
+    first, first_seconds = {}, {}
+    for name, call in calls.items():  # from the same weights: the same loss
+        start = time.perf_counter()
+        first[name] = call()
+        first_seconds[name] = time.perf_counter() - start
+    seconds = best_times(calls, repeats)
+    memory = {name: peak_memory(call, device) for name, call in calls.items()}
+    lengths = cu_seqlens.diff().tolist()
+    tokens, flops = sum(lengths), 3 * model_flops(config, lengths)  # forward + backward: about 3x
+    rates = peak_matmul_flops(device=device)
+    return [dict(case="train", impl=name, dtype="float32", layers=config.num_hidden_layers,
+                 shape=f"{len(lengths)} docs ({tokens} tokens; padded {mask.numel()})",
+                 tokens=tokens, seconds=seconds[name], tokens_per_s=tokens / seconds[name],
+                 first_call_seconds=first_seconds[name], reference="transformers",
+                 speedup=seconds["transformers"] / seconds[name], peak_mib=memory[name] / 2 ** 20,
+                 memory_ratio=memory[name] / max(memory["transformers"], 1),
+                 peak_matmul_gflops_dtype=rates["peak"] / 1e9, mfu=flops / seconds[name] / rates["peak"],
+                 max_abs_diff=(first[name] - first["transformers"]).abs().item(),
+                 **{f"{k}_matmul_gflops": v / 1e9 for k, v in rates.items()})
+            for name in calls]
+
+
 # ----------------------------------------------------------------------------- the run
 @dataclass
 class Impl:
@@ -294,6 +372,12 @@ def run(cases=("full", "varlen", "long"), long_layers: int = 6, repeats: int = 3
     rows = []
     for case in cases:
         config = getattr(ModernBertConfig, model)(attention_backend="auto")
+        if case == "train":
+            rows += training_rows(ModernBertConfig.mini() if model == "mini" or device != "cuda"
+                                  else config, device, repeats)
+            if on_case is not None:
+                on_case(rows)
+            continue
         if case == "long":
             config = replace(config, num_hidden_layers=long_layers)
         ours = ModernBertModel(config).eval().to(device)
@@ -409,7 +493,7 @@ def first_call_note(rows: list[dict]) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="out/bench")
-    parser.add_argument("--cases", nargs="+", default=["full", "varlen", "long"])
+    parser.add_argument("--cases", nargs="+", default=["full", "varlen", "long", "train"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--long-layers", type=int, default=6)
     parser.add_argument("--model", choices=["base", "mini"], default="base",

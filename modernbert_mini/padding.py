@@ -177,7 +177,25 @@ class Batch:
 
 def unpad(x: torch.Tensor, batch: Batch) -> torch.Tensor:
     """(B, S, ...) -> (T, ...): the real tokens of an unpadded batch, in order."""
-    return x.flatten(0, 1).index_select(0, batch.indices)
+    return _RealRows.apply(x.flatten(0, 1), batch.indices)
+
+
+class _RealRows(torch.autograd.Function):
+    """x.index_select(0, indices) for indices that never repeat (a batch's real tokens). Its
+    gradient goes back with index_copy, where index_select's own backward adds with a scatter
+    (measured on 2 CPU cores: 0.9 s of a 6-layer training step of 4,497 tokens, all of it in
+    the scatter, for the attention's round trips to the padded grid)."""
+
+    @staticmethod
+    def forward(ctx, x, indices):  # (B * S, ...) -> (T, ...)
+        ctx.save_for_backward(indices)
+        ctx.rows = x.shape[0]
+        return x.index_select(0, indices)
+
+    @staticmethod
+    def backward(ctx, grad):  # (T, ...) -> (B * S, ...), zeros at the pad rows
+        (indices,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.rows, *grad.shape[1:]).index_copy_(0, indices, grad), None
 
 
 def pad(x: torch.Tensor, batch: Batch) -> torch.Tensor:
