@@ -444,14 +444,10 @@ def available(device: str | torch.device = "cpu", dtype: torch.dtype = torch.flo
 
 def runnable(rt: runtime.Runtime) -> tuple[str, ...]:
     """Names of the backends that run on the machine `rt` describes, in its dtype, most readable
-    first (what chapter 0 prints as `runtime.detect().attention_backends`)."""
+    first (what chapter 0 prints: `backends.runnable(runtime.detect())`)."""
     installed = {"flash_attn": rt.flash_attn, "triton": rt.triton}  # rt's facts, not this machine's
     return available(rt.device, rt.dtype, installed=installed, capability=rt.capability)
 
-
-# runtime.py knows the hardware and nothing of the backends; the question "which backends run
-# there" is this module's, and a Runtime reaches it as a property (chapter 0 asks it that way).
-runtime.Runtime.attention_backends = property(runnable)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Batch,

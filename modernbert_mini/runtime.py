@@ -14,7 +14,7 @@ package will take here. The rules follow the hardware, not what a library is wil
 
 This module knows the hardware, not the attention backends (chapters 4, 6 and 7): backends.py asks
 it what the machine offers and decides which of them run (`backends.runnable`, also reachable as
-`detect().attention_backends`).
+`backends.runnable(detect())`).
 """
 
 from __future__ import annotations

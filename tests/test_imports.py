@@ -116,5 +116,4 @@ def test_moved_names_stay_where_readers_found_them():
     assert hub.read_hf_config is config.read_hf_config
     assert hub.CONFIG_NAME == config.CONFIG_NAME == "config.json"
     assert callable(model.init_weights)  # chapter 5 calls mm.model.init_weights
-    rt = runtime.detect()
-    assert rt.attention_backends == backends.runnable(rt)  # chapter 0 prints it
+    assert not hasattr(runtime.Runtime, "attention_backends")  # backends.runnable(rt) answers

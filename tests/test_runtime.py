@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import torch
 
-from modernbert_mini import runtime
+from modernbert_mini import backends, runtime
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ def test_this_machine_is_a_cpu_in_fp32():
     assert rt.capability is None
     assert rt.bf16 is False and rt.dtype == torch.float32
     assert rt.flash_attn is False
-    assert rt.attention_backends[:2] == ("eager", "sdpa")
+    assert backends.runnable(rt)[:2] == ("eager", "sdpa")
 
 
 def test_t4_has_no_bf16_and_no_flash_attention(monkeypatch):
@@ -53,7 +53,7 @@ def test_t4_has_no_bf16_and_no_flash_attention(monkeypatch):
     assert not rt.bf16 and rt.dtype == torch.float32
     assert not rt.flash_attn  # installed, but capability 7.5 < 8.0
     assert rt.triton  # Triton runs on a T4
-    assert "flash_attn" not in rt.attention_backends
+    assert "flash_attn" not in backends.runnable(rt)
 
 
 def test_a100_has_bf16_and_flash_attention_when_installed(monkeypatch):
@@ -61,7 +61,7 @@ def test_a100_has_bf16_and_flash_attention_when_installed(monkeypatch):
     rt = runtime.detect()
     assert rt.bf16 and rt.dtype == torch.bfloat16
     assert rt.flash_attn
-    assert rt.attention_backends[-1] == "flash_attn"
+    assert backends.runnable(rt)[-1] == "flash_attn"
 
 
 def test_flash_attention_needs_the_package(monkeypatch):
@@ -102,4 +102,4 @@ def test_bf16_and_triton_follow_the_capability(monkeypatch, capability, bf16, tr
     assert rt.bf16 is bf16 and runtime.native_bf16(capability) is bf16
     assert rt.dtype == (torch.bfloat16 if bf16 else torch.float32)
     assert rt.triton is triton
-    assert ("triton" in rt.attention_backends) is triton
+    assert ("triton" in backends.runnable(rt)) is triton
