@@ -8,7 +8,9 @@
 #   4. the probe (tools/gpu_probe.py): the model compiled for the GPU (Inductor, one graph), and
 #      every attention backend timed against SDPA at the bench's shapes;
 #   5. `make bench`'s cases on the GPU (fp32 and bf16/fp16, every backend beside eager), whose
-#      files are rewritten after every case, so a cut-short run keeps what it finished.
+#      files are rewritten after every case, so a cut-short run keeps what it finished;
+#   6. the chapters with a GPU branch (1, 7, 8, 12), executed top to bottom on the GPU from a
+#      scratch copy: does "Run all" on a GPU runtime reach the last cell.
 # Every step has a time limit, the version printout included. Everything lands in $OUT (or
 # out/gpu_check/), 6 files at most (the device tool brings back 8): report.txt (one line per step
 # and the versions, written first thing and rewritten after every step), log.txt (every step's
@@ -29,6 +31,8 @@ PY=${PY:-python3}
 TOTAL=${TOTAL:-540}
 BENCH_RESERVE=${BENCH_RESERVE:-200}
 PROBE_RESERVE=${PROBE_RESERVE:-90}
+CHAPTERS_RESERVE=${CHAPTERS_RESERVE:-0}  # seconds the bench leaves for the chapters (the rest of the budget)
+[ "${GPU_CHECK_DRY:-0}" = 1 ] || CHAPTERS_RESERVE=${CHAPTERS_RESERVE_GPU:-150}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 start=$SECONDS
 status=0
@@ -137,7 +141,21 @@ if [ "$dry" = 1 ]; then
 else
   bench_args=(--cases full varlen long --repeats 3)
 fi
-step bench "$(( $(left) ))" $PY -m modernbert_mini.bench --out "$out" "${bench_args[@]}"
+step bench "$(( $(left) - CHAPTERS_RESERVE ))" $PY -m modernbert_mini.bench --out "$out" "${bench_args[@]}"
+
+# --------------------------------------------------------------------------- the chapters' GPU cells
+# "Run all" on a GPU runtime must reach the last cell of every chapter with a GPU branch: each is
+# executed from a scratch copy (nothing comes back but the verdict in log.txt and the report)
+if [ "$dry" = 1 ]; then
+  note "chapters: not run in the dry run (on the CPU they are make test's nbval)"
+else
+  scratch=$(mktemp -d)
+  cp chapters/01_tokenizer.ipynb chapters/07_flash_attention.ipynb chapters/08_model.ipynb \
+    chapters/12_efficiency.ipynb "$scratch"
+  step "chapters with a GPU branch" "$(left)" env CUDA_VISIBLE_DEVICES=0 \
+    $PY tools/run_notebooks.py "$scratch"/*.ipynb
+  rm -rf "$scratch"
+fi
 
 note "done in $((SECONDS - start))s, exit $status; files: $(cd "$out" && ls | tr '\n' ' ')"
 exit $status
