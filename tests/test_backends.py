@@ -7,9 +7,12 @@ A backend that ignored the window or the padding must fail these checks: the las
 that broken backends do.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+import modernbert_mini as mm
 from modernbert_mini import backends
 from modernbert_mini.backends import BACKENDS, attend, choose
 from modernbert_mini.padding import Batch, pad, unpad
@@ -224,6 +227,18 @@ def test_local_by_name_runs_a_whole_model():
     unpadded = Batch.unpad(torch.ones(2, S))
     assert choose("local", unpadded, q, 128).name == "local"
     assert choose("local", unpadded, q, None).name == choose("auto", unpadded, q, None).name
+    config = mm.ModernBertConfig.mini(num_hidden_layers=3, hidden_size=64, intermediate_size=96,
+                                      num_attention_heads=2, vocab_size=64, local_attention=8)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 64, (2, 40))
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, 25:] = 0
+    outputs = []
+    for name in ("local", "eager"):
+        torch.manual_seed(0)
+        model = mm.ModernBertModel(replace(config, attention_backend=name))
+        outputs.append(model.eval()(ids, mask).last_hidden_state[mask.bool()])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5)
 
 
 def force(name, capability, dtype):
