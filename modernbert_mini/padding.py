@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .packing import sequence_positions
 from .rope import rope_cos_sin
 
 
@@ -110,11 +111,8 @@ class Batch:
         if max_seqlen is not None and max_seqlen != longest:
             raise ValueError(f"max_seqlen={max_seqlen} but the longest document in cu_seqlens has "
                              f"{longest} tokens: pass the longest length, or None")
+        rows, within = sequence_positions(cu_seqlens, offsets[-1])  # (T,) each; T given: no sync
         lengths = cu_seqlens.diff()  # (N,) on the device: no copy back from the host
-        rows = torch.repeat_interleave(torch.arange(len(seqlens), device=cu_seqlens.device), lengths,
-                                       output_size=offsets[-1])  # (T,); the size given: no sync
-        starts = cu_seqlens[:-1].long()[rows]  # (T,) where each token's document starts
-        within = torch.arange(offsets[-1], device=cu_seqlens.device) - starts  # (T,)
         batch = cls._unpadded(rows * longest + within, lengths, seqlens, (len(seqlens), longest))
         batch.input_packed = True
         return batch
