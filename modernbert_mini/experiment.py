@@ -4,22 +4,24 @@
 (`tasks.py`: package classification, code search), the baselines (TF-IDF + logistic regression,
 BM25), the `make pretrain` checkpoint fine-tuned (`finetune.py`), the same architecture
 fine-tuned from random initialisation, and the hybrid retriever (the bi-encoder and BM25 fused);
-each trained row is the mean over seeds, with its standard deviation (results.md, results.json,
-results.png). Hyperparameters are chosen with `--validation` (a held-out part of the training
-split, by file), never on test. Online (e.g. Colab), `--glue sst2` fine-tunes the published
+each trained row is the mean over seeds, with its standard deviation, beside the test set's
+sampling error and the paired differences between rows (results.md, results.json, results.png).
+Hyperparameters are chosen with `--validation` (a held-out part of the training split, by file),
+never on test. Online (e.g. Colab), `--glue sst2` fine-tunes the published
 ModernBERT-base on a GLUE task (`finetune.finetune_glue`).
 
 `compare` puts the study together from parts that share a `Study`: `prepare` (the tasks),
 `baselines`, `fine_tuned` (one row, every seed; each run through `finetune.run_classification`
-and `run_retrieval`, kept in a `results.RunCache`), `hybrid_rows`, `learning_curve`,
-`reference_rows`, `write_results` (`results.py` makes the tables and figures).
+and `run_retrieval`, kept in a `results.RunCache`; the zero-shot and hybrid scores ride along in
+each retrieval run), `learning_curve`, `reference_rows`, `write_results` (results.json; then
+`results.write_report` makes the tables and figures from it alone, as
+`python -m modernbert_mini.results --render` does again later).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,8 +35,9 @@ from .checkpoint import load_checkpoint_tokenizer
 from .finetune import (BASE_MODEL, GLUE_CONFIG, GLUE_TEXTS, BiEncoder, FinetuneConfig,
                        finetune_glue, mini_classifier, mini_encoder, run_classification,
                        run_retrieval, zero_shot_retrieval)
-from .results import (RunCache, bar_plot, curve_plot, data_digest, digest_of, markdown_table,
-                      mean_and_spread)
+from .results import (FUSED, PRETRAINED, RANDOM, RANDOM_ZERO_SHOT, RRF, TFIDF,  # noqa: F401
+                      ZERO_SHOT, RunCache, curve_plot, data_digest, digest_of, mean_and_spread,
+                      write_report)
 from .tasks import example_texts  # noqa: F401  (chapter 11 reads it here)
 from .tasks import finetuning_data
 
@@ -44,11 +47,7 @@ MAX_TRAIN = 1500  # training examples per task by default (a quick run; `make fi
 
 
 # ----------------------------------------------------------------------------- the experiment
-PRETRAINED, RANDOM = "mini, pretrained, fine-tuned", "mini, random init, fine-tuned"
-ZERO_SHOT = "mini, pretrained, zero-shot (no fine-tuning)"
-FUSED, RRF = ("hybrid: pretrained bi-encoder + BM25, score fusion (weight on validation)",
-              "hybrid: pretrained bi-encoder + BM25, RRF")
-TFIDF = "TF-IDF + logistic regression"
+# the rows' names (PRETRAINED, RANDOM, TFIDF, ...) are results.py's, which writes the table
 PARTS = ("pretrained", "random", "curve", "reference")
 
 
@@ -121,14 +120,13 @@ def compare(checkpoint: str | Path, out_dir: str | Path, seeds: Sequence[int] = 
         if "curve" in parts and curve:
             learning_curve(study, curve, curve_min_steps)
         return f"the runs of {sorted(parts)} are in {out_dir / 'runs'}"
-    rows.update(hybrid_rows(study))
     if reference:
-        rows.update(reference_rows(study))
+        reference_rows(study)
     curve_rows = learning_curve(study, curve, curve_min_steps) if curve else {}
     if curve_rows:  # and the full training set: the rows above
         curve_rows = with_everything(study, curve_rows, rows)
         curve_plot(curve_rows, out_dir / "curve.png")
-    return write_results(study, rows, curve_rows, out_dir)
+    return write_results(study, out_dir)
 
 
 def prepare(checkpoint: str | Path, seeds: Sequence[int], cfg: FinetuneConfig,
@@ -190,19 +188,6 @@ def fine_tuned(study: Study, init: str, name: str, bm25: dict | None) -> dict:
     return {**mean_and_spread(runs_c), **mean_and_spread(runs_r)}
 
 
-def hybrid_rows(study: Study) -> dict:
-    """The pretrained bi-encoder before fine-tuning, and fused with BM25 after (score fusion,
-    RRF): their rows over the seeds."""
-    pretrained = study.log["pretrained"]["retrieval"]
-    rows = {ZERO_SHOT: mean_and_spread([r["zero_shot"] for r in pretrained]),
-            FUSED: mean_and_spread([r["fused"] for r in pretrained]),
-            RRF: mean_and_spread([r["rrf"] for r in pretrained])}
-    rows[FUSED].pop("weight")
-    study.log["random_init_zero_shot"] = mean_and_spread(
-        [r["zero_shot"] for r in study.log["random"]["retrieval"]])
-    return rows
-
-
 def with_everything(study: Study, curve_rows: dict, rows: dict) -> dict:
     """The learning curve with its last point, every training example: the rows of the table
     (TF-IDF's where it trained on as many)."""
@@ -216,38 +201,17 @@ def with_everything(study: Study, curve_rows: dict, rows: dict) -> dict:
     return curve_rows
 
 
-def write_results(study: Study, rows: dict, curve_rows: dict, out_dir: Path) -> str:
-    """results.md (the table, what it was run on, the time per seed; the learning curve's
-    table), results.json (the log) and results.png; returns results.md's text."""
+def write_results(study: Study, out_dir: Path) -> str:
+    """results.json (the log, with the splits' sizes) and, from it alone, results.md and
+    results.png (`results.write_report`: every row the log holds, the test set's sampling error,
+    the paired differences); returns results.md's text."""
     log = study.log
-    timing = "; ".join(f"{init}: classification {_mean_time(log[init]['classification'])}, "
-                       f"code search {_mean_time(log[init]['retrieval'])}"
-                       for init in ("pretrained", "random"))
-    for scores in rows.values():
-        for key in ("seconds", "cpu_seconds", "recall@1"):
-            scores.pop(key, None)
-    text = markdown_table(rows)
-    weights = [r["fused"]["weight"] for r in log["pretrained"]["retrieval"]]
-    text += (f"\n\nScores on the held-out {log['split']} split; trained rows: mean ± standard "
-             f"deviation over {len(study.seeds)} seeds, fine-tuned on "
-             f"{len(study.classification.train)} classification and {len(study.search.train)} "
-             f"search training examples (the baselines: the same training files). Mean cosine: "
-             f"between the test documents' embeddings. Score fusion weights of the bi-encoder, "
-             f"chosen on {len(study.search.validation)} validation pairs: {weights}. Checkpoint: "
-             f"{study.checkpoint}. Mean time per seed, wall (CPU): {timing}.")
-    if curve_rows:
-        sizes = sorted({n for points in curve_rows.values() for n in points})
-        text += "\n\nLearning curve, classification accuracy:\n\n" + markdown_table(
-            curve_rows, [(n, str(n)) for n in sizes], first="labelled examples")
-    (out_dir / "results.md").write_text(text + "\n")
+    log["sizes"] = {name: {"train": len(t.train), "validation": len(t.validation),
+                           "test": len(t.test)}
+                    for name, t in (("classification", study.classification),
+                                    ("search", study.search))}
     (out_dir / "results.json").write_text(json.dumps(log, indent=2) + "\n")
-    bar_plot(rows, out_dir / "results.png")
-    return text
-
-
-def _mean_time(runs: list[dict]) -> str:
-    return (f"{statistics.fmean(r['seconds'] for r in runs):.0f} s "
-            f"({statistics.fmean(r['cpu_seconds'] for r in runs):.0f} CPU s)")
+    return write_report(log, out_dir)
 
 
 def learning_curve(study: Study, sizes: Sequence[int], min_steps: int) -> dict[str, dict[int, tuple]]:
@@ -277,10 +241,11 @@ def learning_curve(study: Study, sizes: Sequence[int], min_steps: int) -> dict[s
 
 
 def reference_rows(study: Study) -> dict:
-    """all-MiniLM-L6-v2: retrieval zero-shot (it was trained as a sentence encoder on about a
-    billion pairs), and classification fine-tuned with the same code and settings as the mini
-    model, its own tokenizer, but one seed and one epoch (REFERENCE_EPOCHS): it is four times the
-    mini model's compute a token."""
+    """all-MiniLM-L6-v2: retrieval zero-shot (it was trained contrastively on about a billion
+    pairs, CodeSearchNet's among them: `results.REFERENCE_TRAINING`), and classification
+    fine-tuned with the same code and settings as the mini model (its learning rate too, not
+    tuned for it), its own tokenizer, but one seed and one epoch (REFERENCE_EPOCHS): it is four
+    times the mini model's compute a token. Its entry of the log."""
     name, seed = reference_module.NAME, study.seeds[0]
     if reference_module.minilm_dir() is None:
         raise FileNotFoundError(f"the reference row needs {name}: {reference_module.INSTALL} "
@@ -301,12 +266,9 @@ def reference_rows(study: Study) -> dict:
             reference_module.load_minilm()[0], labels, s), c_cfg, tokenizer))
     print(f"{name}: classification {_brief(c)}; code search, zero-shot {_brief(zero_shot)}",
           flush=True)
-    study.log["reference"] = {"model": name, "classification": c, "zero_shot": zero_shot}
-
-    def one_run(result):  # no spread to show: one seed
-        return {k: (v, None) for k, v in result.items() if isinstance(v, float)}
-    return {f"{name} (22.7M parameters), zero-shot": one_run(zero_shot),
-            f"{name}, fine-tuned ({REFERENCE_EPOCHS} epoch, seed {seed})": one_run(c)}
+    study.log["reference"] = {"model": name, "epochs": REFERENCE_EPOCHS, "seed": seed,
+                              "classification": c, "zero_shot": zero_shot}
+    return study.log["reference"]
 
 
 def _brief(result: dict) -> str:

