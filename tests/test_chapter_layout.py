@@ -93,3 +93,12 @@ def test_the_repository_address_lives_in_one_setting():
             found += 1
             assert address == REPO, f"{name} points at github.com/{address}, _config.yml at {REPO}"
     assert found >= 2 * len(CHAPTERS) + 2  # badges, install cells, README
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_was_executed_with_the_kernels_make_test_does_not_check_with(path):
+    """`make notebooks` executes with the BLAS's matrix kernels and records it; `make test` checks
+    the outputs with oneDNN's. A chapter executed another way would be checked against itself."""
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.get("executed_with") == {"MODERNBERT_MINI_ONEDNN": "0"}, \
+        "execute it with `make notebooks` (tools/run_notebooks.py)"
