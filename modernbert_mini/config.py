@@ -334,7 +334,11 @@ def read_hf_config(directory: Path) -> dict:
     config_file = directory / CONFIG_NAME
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
-    return json.loads(config_file.read_text())
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:  # say which file, as the weights' errors do (hub.naming)
+        raise ValueError(f"{config_file} cannot be read (JSONDecodeError: {error}): the file is "
+                         "damaged or cut short; save or download it again") from error
 
 
 def _refuse_assignment(self, name: str, value: Any) -> None:

@@ -359,3 +359,9 @@ def test_a_published_transformers_4_config_reads_and_keeps_its_extra_keys():
     for key, value in published.items():
         if key != "torch_dtype":  # save_pretrained writes it from the weights
             assert written[key] == value, key
+
+
+def test_a_damaged_config_json_is_an_error_that_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text('{"hidden_size": 256, ')  # cut short
+    with pytest.raises(ValueError, match=r"config\.json cannot be read .*damaged or cut short"):
+        ModernBertConfig.from_pretrained(tmp_path)
