@@ -40,8 +40,7 @@ Triton kernel of chapter 7 runs only by name (`attention_backend="triton"`): no 
 measured it against SDPA (its tile table, `flash.TILES`, is a first guess per capability). What
 would change the rule: `tools/gpu_check.sh` times every backend against SDPA at the bench's shapes
 on a real GPU; where the Triton kernel wins there, it earns a place in `AUTO`. On the CPU, "auto"
-runs local layers blocked from 256 tokens (`BLOCKED_FROM`); otherwise SDPA, on the padded grid of
-an unpadded batch of several sequences while that grid is small (`grid_pays`), else `varlen`.
+runs local layers blocked from 256 tokens (`BLOCKED_FROM`), `varlen` or SDPA otherwise.
 
 bf16 counts only where the GPU has bf16 units (>= 8.0): a T4 emulates it, so a model moved to
 bf16 there runs PyTorch's kernels (slowly) rather than a compiled kernel that would refuse it.
@@ -226,7 +225,8 @@ def _varlen(q, k, v, batch, window, dropout_p):
     """One sequence at a time: no work on padding, and no sequence sees another."""
     outputs = []
     # split, not a slice per sequence: split's backward is one cat, where every slice's would fill a
-    # (T, nh, hd) tensor of zeros (measured: half of a training step's time with 64 short documents)
+    # (T, nh, hd) tensor of zeros (make bench's train case, 64 short documents, 2 CPU cores: 1.42x
+    # the reference's tokens/s with slices, 1.55-1.63x with split and unpad's own gradient)
     for length, *one in zip(batch.seqlens, *(x.split(batch.seqlens) for x in (q, k, v))):
         one = [x[None] for x in one]  # (1, L, nh, hd)
         sequence = Batch.padded(length, device=q.device)
@@ -250,21 +250,6 @@ BLOCKED_FROM = 2  # windows: "auto" runs local layers blocked from 2 x 128 = 256
 def blocked_pays(seq_len: float, window: int | None) -> bool:
     """seq_len: the batch's sequence length, or for an unpadded batch `typical_length`."""
     return window is not None and seq_len >= BLOCKED_FROM * window
-
-
-# varlen calls SDPA once per sequence, and each call has a fixed cost: measured on 2 CPU cores, a
-# training step of the mini model on 64 documents of 16-128 tokens spent 4.7 s in 768 such calls
-# (forward and backward) against 1.1 s for 12 calls on the padded grid of the same documents. The
-# grid computes scores at its pad positions too (masked), so it pays while it is not much bigger
-# than the real tokens.
-GRID_AT_MOST = 2  # "auto" puts several sequences on their padded grid when it holds <= 2 x the tokens
-
-
-def grid_pays(batch: Batch) -> bool:
-    """An unpadded batch of several sequences whose padded grid (N x longest) is at most
-    GRID_AT_MOST x its real tokens: one SDPA call on the grid, rather than one per sequence."""
-    seqlens = batch.seqlens
-    return len(seqlens) > 1 and len(seqlens) * max(seqlens) <= GRID_AT_MOST * sum(seqlens)
 
 
 def typical_length(batch: Batch) -> float:
@@ -376,7 +361,7 @@ AUTO = {
     ("cuda", "unpadded"): ("flash_attn", "sdpa"),
     ("cuda", "padded"): ("flash_attn", "sdpa"),
 }
-AUTO_DEFAULT = {"unpadded": ("local", "sdpa", "varlen"), "padded": ("local", "sdpa")}
+AUTO_DEFAULT = {"unpadded": ("local", "varlen"), "padded": ("local", "sdpa")}
 
 
 def check_backend_name(name: str) -> str:
@@ -417,8 +402,6 @@ def choose(name: str, batch: Batch, q: torch.Tensor, window: int | None,
             continue  # unpadding has shapes that depend on the data: torch.compile keeps it padded
         if candidate == "local" and not blocked_pays(typical_length(batch), window):
             continue  # short inputs: the dense mask is cheaper (see BLOCKED_FROM)
-        if candidate == "sdpa" and layout == "unpadded" and device != "cuda" and not grid_pays(batch):
-            continue  # one sequence, or a grid of mostly padding: one call per sequence (varlen)
         if (backend.auto_capability is not None and capability is not None
                 and tuple(capability) < backend.auto_capability):
             continue  # it would run, slower than PyTorch's kernels (Triton below 8.0: no tensor cores)

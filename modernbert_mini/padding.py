@@ -180,9 +180,9 @@ def unpad(x: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 class _RealRows(torch.autograd.Function):
     """x.index_select(0, indices) for indices that never repeat (a batch's real tokens). Its
-    gradient goes back with index_copy, where index_select's own backward adds with a scatter
-    (measured on 2 CPU cores: 0.9 s of a 6-layer training step of 4,497 tokens, all of it in
-    the scatter, for the attention's round trips to the padded grid)."""
+    gradient goes back with index_copy, where index_select's own backward adds with a scatter,
+    several times slower on a CPU (a profile of make bench's training step, where attention went
+    to the padded grid and back in every layer, as a padded-only backend such as SDPA does)."""
 
     @staticmethod
     def forward(ctx, x, indices):  # (B * S, ...) -> (T, ...)
