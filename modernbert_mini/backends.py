@@ -37,7 +37,7 @@ On a GPU the capability decides (runtime.py holds the thresholds):
 The rule on a GPU is "never slower than PyTorch until a GPU says otherwise": flash-attn is
 FlashAttention-2 itself, and PyTorch's SDPA runs its own flash or memory-efficient kernels. The
 Triton kernel of chapter 7 runs only by name (`attention_backend="triton"`): no GPU has yet
-measured it against SDPA (its tile table, `flash.TILES`, is a first guess per capability). What
+measured it against SDPA (its launch options per capability, `flash.LAUNCH`, are a first guess). What
 would change the rule: `tools/gpu_check.sh` times every backend against SDPA at the bench's shapes
 on a real GPU; where the Triton kernel wins there, it earns a place in `AUTO`. On the CPU, "auto"
 runs local layers blocked from 256 tokens (`BLOCKED_FROM`), `varlen` or SDPA otherwise.
