@@ -38,7 +38,6 @@ from .finetune import (BASE_MODEL, GLUE_CONFIG, GLUE_TEXTS, BiEncoder, FinetuneC
 from .results import (FUSED, PRETRAINED, RANDOM, RANDOM_ZERO_SHOT, RRF, TFIDF,  # noqa: F401
                       ZERO_SHOT, RunCache, curve_plot, data_digest, digest_of, mean_and_spread,
                       write_report)
-from .tasks import example_texts  # noqa: F401  (chapter 11 reads it here)
 from .tasks import finetuning_data
 
 REFERENCE_EPOCHS = 1  # all-MiniLM-L6-v2's fine-tuning: one epoch on each task

@@ -38,7 +38,6 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from . import loop, tasks
-from .checkpoint import load_checkpoint_tokenizer  # noqa: F401  (chapter 11 reads it here)
 from .checkpoint import load_encoder_checkpoint
 from .hub import save_sentence_transformers
 from .model import ModernBertForSequenceClassification, ModernBertModel
