@@ -1,6 +1,6 @@
 """Every figure the prose states is shown by an output of the same notebook (issue 21).
 
-Prose: every markdown cell, the solutions in its ```{dropdown}``` included, and every figure
+Prose: every markdown cell, the solutions in its `<details>` (or ```{dropdown}```) included, and every figure
 caption (a code cell's `mystnb.figure.caption`). Skipped: math ($...$), code spans, fenced code,
 links, years, version numbers, references ("chapter 4", "cells 20-23", "layer 0"), and exercise
 prompts (the "## Exercises" list before its dropdown), which propose settings.
@@ -22,7 +22,9 @@ Timings, sizes, FLOPs and ratios are measurements: only outputs support them. A 
 by hand goes in math ($11.0 / 8.0 = 1.38$), where the reader sees the arithmetic.
 
 Figures from elsewhere are marked where they stand (a list item or a table row is a sentence):
-- a sentence with a `{cite}` role states the cited work's figures, and is not checked;
+- a sentence with a citation, a `{cite}` role or a link to a work of book/references.bib (its
+  `url`: the form tools/colab_view.py gives citations), states the cited work's figures, and is not
+  checked;
 - a sentence naming a committed file in a code span, e.g. "(`modernbert_mini/assets/finetune/
   results.md`)", or another chapter ("chapter 8 prints it") is checked against that file's text
   or that chapter's outputs as well;
@@ -59,13 +61,15 @@ SKIP = re.compile(
     r"|\b(?:19|20)\d\d\b(?!\s?(?:tokens|steps|%|x))|\d+\.\d+\.\d+\S*",  # years, x.y.z
     re.S | re.I)
 SENTENCE = re.compile(r"(?<=[.!?:;])\s+(?=[A-Z(*_])|\n(?=\s*(?:[-*+|]|\d+\.)\s)|\n\s*\n")
-EXTERNAL = re.compile(r"\{cite(?::\w+)?\}|not shown on this page", re.I)
+BIB_URLS = re.findall(r"^\s*url\s*=\s*\{([^}]+)\}", (ROOT / "book/references.bib").read_text(), re.M)
+EXTERNAL = re.compile(r"\{cite(?::\w+)?\}|not shown on this page|\]\((?:"
+                      + "|".join(map(re.escape, BIB_URLS)) + r")\)", re.I)
 ASSIGNED = re.compile(  # a value after "name =", "keyword=", '"key":' or "in": a setting
     rf"(?:(?<![=<>!])=|[\"']\s*:|\bin)\s*[(\[]?\s*((?:{NUM})(?:\s*,\s*(?:{NUM}))*)")
 COSMETIC = re.compile(  # a plot's looks are no setting
     r"\b(?:figsize|alpha|lw|linewidth|fontsize|ms|markersize|[xy]lim|dpi|zorder|bbox_to_anchor|"
     r"rotation|[wh]space|pad|width|height)\s*=\s*(?:\([^)]*\)|[\w.]+)")
-EXERCISES = re.compile(r"^#+ Exercises\b.*?(?=^```\{dropdown\}|^#|\Z)", re.S | re.M)
+EXERCISES = re.compile(r"^#+ Exercises\b.*?(?=^```\{dropdown\}|^<details>|^#|\Z)", re.S | re.M)
 
 
 def parse(raw):
