@@ -1,9 +1,10 @@
 """Every figure the prose states is shown by an output of the same notebook (issue 21).
 
-Prose: every markdown cell, the solutions in its `<details>` (or ```{dropdown}```) included, and every figure
-caption (a code cell's `mystnb.figure.caption`). Skipped: math ($...$), code spans, fenced code,
+Prose: every markdown cell, the solutions in its `<details>` (or ```{dropdown}```) included, and
+every figure caption (a code cell's `mystnb.figure.caption`). Skipped: code spans, fenced code,
 links, years, version numbers, references ("chapter 4", "cells 20-23", "layer 0"), and exercise
-prompts (the "## Exercises" list before its dropdown), which propose settings.
+prompts (the "## Exercises" list before its solutions), which propose settings. Math is read too
+(see "Math" below).
 
 A figure: a number with a unit (ms, s, min, KiB/MiB/GiB, MB/GB, GFLOP(/s), TFLOP, M/B/T or
 "million" for scale, tokens, steps, epochs, parameters, nats), a percentage, a ratio (1.33x, "14
@@ -20,6 +21,15 @@ be written in code exactly, not rounded: assigned to a name, keyword or dict key
 `range(n)`). A caption may also use any number in the run of code cells ending with its own.
 Timings, sizes, FLOPs and ratios are measurements: only outputs support them. A figure worked out
 by hand goes in math ($11.0 / 8.0 = 1.38$), where the reader sees the arithmetic.
+
+Math ($...$, $$...$$) holds figures by the same rule (`10^{-5}` is 1e-5, `3.5 \cdot 10^{-6}` is
+3.5e-6, `10{,}000` is 10,000, `\%` is %). Arithmetic shown to the reader is its own support: in
+`$11.0 / 8.0 = 1.38$` the part after a relation (=, \approx, <, \le, ...) that follows an
+expression with an operator and a number is derived, and it supports figures of the same cell. The
+operands, and a figure written alone or after a bare relation (`$\text{loss} = 2.81$`), are checked
+like prose; besides outputs, any number in the chapter's code cells supports them where a setting
+may be supported (a constant of a formula, $\theta = 10{,}000$, `0.999` for beta2). So a measured
+figure in math needs an output, as anywhere else.
 
 Figures from elsewhere are marked where they stand (a list item or a table row is a sentence):
 - a sentence with a citation, a `{cite}` role or a link to a work of book/references.bib (its
@@ -70,6 +80,22 @@ COSMETIC = re.compile(  # a plot's looks are no setting
     r"\b(?:figsize|alpha|lw|linewidth|fontsize|ms|markersize|[xy]lim|dpi|zorder|bbox_to_anchor|"
     r"rotation|[wh]space|pad|width|height)\s*=\s*(?:\([^)]*\)|[\w.]+)")
 EXERCISES = re.compile(r"^#+ Exercises\b.*?(?=^```\{dropdown\}|^<details>|^#|\Z)", re.S | re.M)
+MATH = re.compile(r"\$\$(.+?)\$\$|\$([^$]+)\$", re.S)
+RELATION = re.compile(r"(=|≈|<|>|≤|≥|≠)")
+OPERATOR = re.compile(r"[-+*/^√]|\b(?:log|ln|exp)\b|⌈|⌊")
+LATEX = [  # LaTeX to plain text, in this order
+    (r"\\(?:text|mathrm|mathbf|mathit|operatorname|textrm)\s*\{([^{}]*)\}", r" \1 "),
+    (r"(\d)\s*(?:\{,\}|\\,)\s*(?=\d{3})", r"\1,"),  # 10{,}000
+    (r"(\d+(?:\.\d+)?)\s*\\(?:cdot|times)\s*10\^\{?([-−]?\d+)\}?", r"\1e\2"),  # 3.5 \cdot 10^{-6}
+    (r"(?<![\d.])10\^\{?([-−]?\d+)\}?", r"1e\1"),  # 10^{-5}
+    (r"\^(?:\{[^{}]*\}|\S)", " ^ "), (r"_(?:\{[^{}]*\}|\S)", "_"),  # other powers; B_r is no "B"
+    (r"\\%", "%"), (r"\\(?:leq?|leqslant)\b", "≤"), (r"\\(?:geq?|geqslant)\b", "≥"),
+    (r"\\(?:approx|sim|simeq)\b", "≈"), (r"\\neq?\b", "≠"), (r"\\lt\b", "<"), (r"\\gt\b", ">"),
+    (r"\\(?:cdot|times|div)\b", " * "), (r"\\frac\b", " / "), (r"\\sqrt\b", " √ "),
+    (r"\\(log|ln|exp)\b", r" \1 "), (r"\\lceil\b", " ⌈ "), (r"\\lfloor\b", " ⌊ "),
+    (r"\\[a-zA-Z]+|\\.|[{}&]", " "), (r"\s+", " "),
+    (r"(?<![\w.])\d+(?:\.\d+)?\s?(?!e[-+−]?\d)(?=[AC-JLN-SU-Za-wyz](?![A-Za-z]))", " "),  # 4.5H
+]
 
 
 def parse(raw):
@@ -129,10 +155,30 @@ def prose(nb):
         yield i, "\n".join(kept), False
 
 
-def figures(text, bare=False):
-    """(number, unit, bound) of each figure in a sentence, math, code and references removed;
-    bound: -1 after "below", "under", "less than", "at most", +1 after "above", "over" and such."""
-    for m in FIGURE.finditer(text := SKIP.sub(" ", text)):
+def figures(text, bare=False, math=True):
+    """(number, unit, bound, where) of each figure in a sentence, code and references removed;
+    bound: -1 after "below", "under", "less than", "at most", +1 after "above", "over" and such;
+    where: "prose", or for math "operand" or "derived" (after a relation that follows arithmetic)."""
+    for raw, unit, bound in plain_figures(SKIP.sub(" ", text), bare):
+        yield raw, unit, bound, "prose"
+    arithmetic = False
+    for m in MATH.finditer(text if math else ""):
+        tex = m[1] or m[2]
+        for pattern, repl in LATEX:
+            tex = re.sub(pattern, repl, tex)
+        parts = RELATION.split(tex)
+        arithmetic &= not parts[0].strip()  # "$4 \cdot 10^6$ bytes $\approx 16$ MB" goes on
+        for k in range(0, len(parts), 2):  # expressions, between the relations
+            # the relation before, or the words before the span ("below $10^{-5}$"), for bounds
+            words = re.sub(r"[^A-Za-z<>≤≥]", " ", text[max(0, m.start() - 12):m.start()])
+            before = parts[k - 1] if k else words
+            for raw, unit, bound in plain_figures(before + " " + parts[k], bare):
+                yield raw, unit, bound, "derived" if arithmetic else "operand"
+            arithmetic |= bool(OPERATOR.search(parts[k]) and re.search(r"\d", parts[k]))
+
+
+def plain_figures(text, bare):
+    for m in FIGURE.finditer(text):
         unit = unit_of(m[3])
         before = text[max(0, m.start() - 12):m.start()].lower()
         bound = (-1 if re.search(r"(below|under|less than|at most|<|≤)\s*$", before) else
@@ -169,8 +215,9 @@ def supported(raw, unit, bound, outputs, settings):
     return setting is not None and any(math.isclose(n, setting, rel_tol=1e-12) for n in settings)
 
 
-def unsupported(path):
+def unsupported(path, math=True):
     nb, outputs, code = shown(path)
+    constants = [n for every, _ in code for n in every]  # any number in the chapter's code
     found, bad = 0, []
     for i, text, is_caption in prose(nb):
         settings = [n for _, assigned in code for n in assigned]
@@ -178,9 +225,11 @@ def unsupported(path):
             j = next(j for j in range(i, -1, -1) if j == 0 or nb.cells[j - 1].cell_type != "code")
             settings = [n for k, (every, assigned) in enumerate(code[:i + 1])
                         for n in (every if k >= j else assigned)]
-        for sentence in SENTENCE.split(text):
-            if EXTERNAL.search(" ".join(sentence.split())):  # the marker may wrap a line
-                continue
+        sentences = [" ".join(s.split()) if math else s for s in SENTENCE.split(text)]  # math wraps
+        sentences = [s for s in sentences if not EXTERNAL.search(" ".join(s.split()))]
+        derived = [(*parse(raw), unit) for s in sentences
+                   for raw, unit, _, where in figures(s, is_caption, math) if where == "derived"]
+        for sentence in sentences:
             extra = []
             for name in re.findall(r"`([\w./-]+\.\w+)`", sentence):  # a committed file it names
                 if (ROOT / name).is_file():
@@ -188,21 +237,29 @@ def unsupported(path):
             for n in re.findall(r"\bchapters? (\d+)", sentence, re.I):  # another chapter
                 extra += [x for p in CHAPTERS if p.name.startswith(f"{int(n):02d}_")
                           for x in shown(p)[1]]
-            for raw, unit, bound in figures(sentence, bare=is_caption):
+            for raw, unit, bound, where in figures(sentence, is_caption, math):
                 found += 1
-                if not supported(raw, unit, bound, outputs + extra, settings):
+                if where == "derived":  # the reader sees the arithmetic
+                    continue
+                known = settings + constants if where == "operand" else settings
+                if not supported(raw, unit, bound, outputs + extra + derived, known):
                     flat = " ".join(sentence.split())
                     at = re.search(rf"(?<![\d.,]){re.escape(raw)}(?!\d)", flat)
                     at = max(0, at.start() - 50) if at else 0
                     bad.append(f"cell {i}{' caption' if is_caption else ''}: {raw}"
                                f"{'' if unit in ('%', 'x') else ' '}{unit}".rstrip()
+                               + f"{' (in math)' if where == 'operand' else ''}"
                                + f"  | ...{flat[at:at + 120]}...")
     return found, bad
 
 
+# Being re-executed while math was added to the guard: checked without math; see test_colab_view.py.
+NOT_YET_CONVERTED = ("09", "10", "11")
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_prose_figures_are_shown_by_outputs(path):
-    found, bad = unsupported(path)
+    found, bad = unsupported(path, math=path.name[:2] not in NOT_YET_CONVERTED)
     assert not bad, (f"{len(bad)} of {found} prose figures are shown by no output "
                      "(see this file's docstring for the markers):\n" + "\n".join(bad))
 
@@ -220,3 +277,26 @@ def test_the_guard_fails_on_a_stale_figure(tmp_path):
     found, bad = unsupported(path)
     assert found == 6 and [b.split("  |")[0] for b in bad] == ["cell 2: 0.19", "cell 2: 16%",
                                                                "cell 2: 2.3x"]
+
+
+def test_the_guard_reads_math(tmp_path):
+    """Arithmetic shown in math passes (its result, and the result used again in the cell);
+    operands come from outputs or the code; a measured figure planted in math fails, alone, as an
+    operand, or with a unit; a formula's coefficient ($8.5 H^2$) is no figure."""
+    output = nbformat.v4.new_output("stream", text="loss 2.811, step time 11.04 ms, max |diff| 3.1e-07")
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("beta2 = 0.999\nprint(summary)", outputs=[output]),
+        nbformat.v4.new_markdown_cell(
+            "The loss is $\\approx 2.81$, a step $11.0\\ \\text{ms}$, and the difference below "
+            "$10^{-6}$. Doubling gives $2 \\times 11.0 = 22.0$ ms, and $22.0 / 4 = 5.5$; "
+            "$1/\\sqrt{1 - 0.999} \\approx 31.6$, $\\theta = 10{,}000$, about $8.5 H^2$ weights, "
+            "$4 \\cdot 1024^2$ bytes $\\approx 4.2$ MB."),
+        nbformat.v4.new_markdown_cell(
+            "The loss is $\\approx 2.95$, a step $12.5\\ \\text{ms}$, $\\text{speedup} = 1.7$, and "
+            "$2 \\times 13.1 = 26.2$ ms; the difference below $10^{-9}$.")])
+    nbformat.write(nb, path := tmp_path / "math.ipynb")
+    found, bad = unsupported(path)
+    assert [b.split("  |")[0] for b in bad] == [
+        "cell 2: 2.95 (in math)", "cell 2: 12.5 ms (in math)", "cell 2: 1.7 (in math)",
+        "cell 2: 13.1 (in math)", "cell 2: 1e-9 (in math)"]
+    assert unsupported(path, math=False)[1] == []  # what math=False (NOT_YET_CONVERTED) misses
