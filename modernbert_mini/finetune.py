@@ -145,12 +145,18 @@ def fit(model: nn.Module, steps: Sequence, loss_of: Callable[[object], torch.Ten
     return losses
 
 
+def epochs_for(n: int, cfg: FinetuneConfig) -> int:
+    """The epochs a run on n examples trains for: cfg.epochs, or more where that is fewer than
+    cfg.min_steps batches."""
+    per_epoch = -(-n // cfg.batch_size)
+    return max(cfg.epochs, -(-cfg.min_steps // max(per_epoch, 1)))
+
+
 def epoch_batches(lengths: Sequence[int], cfg: FinetuneConfig) -> list[list[int]]:
-    """cfg.epochs epochs of length-grouped batches, each epoch in its own order (from cfg.seed);
-    more epochs where that is fewer than cfg.min_steps batches."""
+    """epochs_for(len(lengths), cfg) epochs of length-grouped batches, each epoch in its own
+    order (from cfg.seed)."""
     generator = torch.Generator().manual_seed(cfg.seed)
-    per_epoch = -(-len(lengths) // cfg.batch_size)
-    epochs = max(cfg.epochs, -(-cfg.min_steps // max(per_epoch, 1)))
+    epochs = epochs_for(len(lengths), cfg)
     return [b for _ in range(epochs)
             for b in length_grouped_batches(lengths, cfg.batch_size, generator)]
 

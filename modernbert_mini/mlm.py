@@ -205,25 +205,26 @@ POSITION_BUCKETS = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192)  # edges of th
 
 
 def long_validation_slice(texts: Sequence[str], tokenizer: Tokenizer, config: ModernBertConfig, *,
-                          length: int, eval_tokens: int, rate: float = MASK_RATE) -> list:
-    """Windows of exactly `length` tokens ([CLS], length - 2 tokens of one document, [SEP]) from
-    the documents long enough to fill one, until eval_tokens tokens; packed one window a batch
-    and masked once: [(PackedBatch, inputs, labels)], as `validation_slice`."""
+                          length: int, windows: int, rate: float = MASK_RATE) -> list:
+    """`windows` windows of exactly `length` tokens ([CLS], the first length - 2 tokens of one
+    document, [SEP]), one per document long enough to fill one (so each window is another
+    file), packed one window a batch and masked once: [(PackedBatch, inputs, labels)], as
+    `validation_slice`."""
     cls_id, sep_id = config.cls_token_id, config.sep_token_id
     bare = to_sequences(tokenizer, texts, special_tokens=False)  # whole documents, no cut
     args = masking_args(tokenizer, config)
     out, room = [], length - 2
     for doc in range(len(bare)):
         ids = bare[doc]
-        for start in range(0, len(ids) - room + 1, room):
-            if len(out) * length >= eval_tokens:
-                return out
-            window = torch.cat([torch.tensor([cls_id]), ids[start:start + room].long(),
-                                torch.tensor([sep_id])])
-            batch = PackedBatch(window, torch.tensor([0, length], dtype=torch.int32), length)
-            inputs, labels = mask_tokens(window, **args, rate=rate, generator=torch.Generator()
-                                         .manual_seed(EVAL_SEED + len(out)))
-            out.append((batch, inputs, labels))
+        if len(out) == windows:
+            return out
+        if len(ids) < room:
+            continue
+        window = torch.cat([torch.tensor([cls_id]), ids[:room].long(), torch.tensor([sep_id])])
+        batch = PackedBatch(window, torch.tensor([0, length], dtype=torch.int32), length)
+        inputs, labels = mask_tokens(window, **args, rate=rate, generator=torch.Generator()
+                                     .manual_seed(EVAL_SEED + len(out)))
+        out.append((batch, inputs, labels))
     if not out:
         raise ValueError(f"no document has the {room} tokens that a window of {length} needs")
     return out

@@ -172,11 +172,14 @@ def paired_interval(a: Sequence[float], b: Sequence[float] | float) -> dict:
     return {"differences": diffs, "mean": mean, "low": mean - half, "high": mean + half}
 
 
-def reading(interval: dict, first: str, second: str) -> str:
-    """What an interval of first - second supports: which is higher, or neither."""
-    if interval["low"] is not None and interval["low"] > 0:
+def reading(interval: dict, first: str, second: str,
+            bootstrap: tuple[float, float] | None = None) -> str:
+    """What an interval of first - second supports: which is higher, or neither. With a
+    bootstrap interval over test items as well, a side is taken only where both exclude 0."""
+    spans = [(interval["low"], interval["high"])] + ([bootstrap] if bootstrap else [])
+    if all(low is not None and low > 0 for low, _ in spans):
         return f"{first} higher"
-    if interval["high"] is not None and interval["high"] < 0:
+    if all(high is not None and high < 0 for _, high in spans):
         return f"{second} higher"
     return "not distinguishable here"
 
@@ -184,6 +187,58 @@ def reading(interval: dict, first: str, second: str) -> str:
 def binomial_se(p: float, n: int) -> float:
     """The standard error of a share p measured on n independent test items: sqrt(p(1-p)/n)."""
     return math.sqrt(p * (1 - p) / n)
+
+
+BOOTSTRAPPED = ("accuracy", "mrr@10", "recall@1", "recall@10")  # the metrics per_item gives
+BOOTSTRAP_SAMPLES = 2000
+
+
+def item_scores(result: dict, metric: str) -> list[float]:
+    """Each test item's part of `metric` in one run's result, from its "per_item" outcomes
+    (`tasks.classification_metrics`: 1 right, 0 wrong; `tasks.retrieval_metrics`: the rank of
+    the relevant document, 0 outside the top 10): the metric is their mean."""
+    outcomes = result["per_item"]
+    if isinstance(outcomes, dict):  # a row of both tasks (`row_runs`): each its own outcomes
+        outcomes = outcomes["classification" if metric == "accuracy" else "retrieval"]
+    outcomes = [int(v) for v in outcomes.split()]
+    if metric == "accuracy":
+        return [float(v) for v in outcomes]
+    if metric == "mrr@10":
+        return [1.0 / r if r else 0.0 for r in outcomes]
+    if metric == "recall@1":
+        return [float(r == 1) for r in outcomes]
+    if metric == "recall@10":
+        return [float(r > 0) for r in outcomes]
+    raise ValueError(f"metric={metric!r} has no per-item form: choose among {BOOTSTRAPPED}")
+
+
+def bootstrap_interval(a: Sequence[dict], b: Sequence[dict] | dict | None, metric: str,
+                       samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float] | None:
+    """The 95% percentile bootstrap interval over test items of the mean over seeds of `metric`
+    (b=None), or of the paired difference a - b (b: a run per seed, or one run for every seed).
+
+    Each resample draws the test items with replacement, the same draw for every seed and both
+    rows, so it measures the test set's sampling error, which the seeds' spread does not hold.
+    None where a run keeps no per-item outcomes (a log written before they were kept)."""
+    import torch
+
+    runs_b = [] if b is None else [b] * len(a) if isinstance(b, dict) else list(b)
+    def kept(run):
+        outcomes = run.get("per_item")
+        return (outcomes.get("classification" if metric == "accuracy" else "retrieval")
+                if isinstance(outcomes, dict) else outcomes) is not None
+    if metric not in BOOTSTRAPPED or not all(kept(r) for r in [*a, *runs_b]):
+        return None
+    per_item = torch.tensor([item_scores(r, metric) for r in a], dtype=torch.float64)  # (seeds, n)
+    if runs_b:
+        per_item = per_item - torch.tensor([item_scores(r, metric) for r in runs_b],
+                                           dtype=torch.float64)
+    mean_over_seeds = per_item.mean(0)  # (n,)
+    n = mean_over_seeds.numel()
+    draws = torch.randint(n, (samples, n), generator=torch.Generator().manual_seed(seed))
+    means = mean_over_seeds[draws].mean(1)  # (samples,)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return low, high
 
 
 def _over_seeds(runs: Sequence[dict]) -> dict[str, tuple[float, float | None]]:
@@ -201,34 +256,59 @@ def _lr(cfg: dict) -> float:
     return cfg["optim"]["lr"] if "optim" in cfg else cfg["lr"]  # older logs: the optimizer flat
 
 
-def table_rows(log: dict) -> dict[str, dict[str, tuple[float, float | None]]]:
-    """Every row of the log: {name: {metric: (mean, spread or None)}}."""
-    rows = {TFIDF: _one_run(log["baselines"]["tfidf_logreg"]),
-            "BM25": _one_run(log["baselines"]["bm25"])}
+def row_runs(log: dict) -> dict[str, list[dict]]:
+    """Every row of the log with its runs: {name: [a result per seed]} (one for a baseline)."""
+    rows = {TFIDF: [log["baselines"]["tfidf_logreg"]], "BM25": [log["baselines"]["bm25"]]}
     inits = (("pretrained", PRETRAINED, ZERO_SHOT), ("random", RANDOM, RANDOM_ZERO_SHOT))
     for init, name, _ in inits:
         if init in log:
-            rows[name] = {**_over_seeds(log[init]["classification"]),
-                          **_over_seeds(log[init]["retrieval"])}
+            rows[name] = [{**c, **r, "per_item": {"classification": c.get("per_item"),
+                                                  "retrieval": r.get("per_item")}}
+                          for c, r in zip(log[init]["classification"], log[init]["retrieval"])]
     for init, _, zero in inits:
         if init in log:
-            rows[zero] = _over_seeds([r["zero_shot"] for r in log[init]["retrieval"]])
+            rows[zero] = [r["zero_shot"] for r in log[init]["retrieval"]]
     for init in ("pretrained", "random"):
         runs = log.get(init, {}).get("retrieval", [])
         if runs and "fused" in runs[0]:
             fused, rrf = (FUSED, RRF) if init == "pretrained" else (
                 FUSED.replace("pretrained", "random-init"), RRF.replace("pretrained", "random-init"))
-            rows[fused] = _over_seeds([r["fused"] for r in runs])
-            rows[fused].pop("weight")
-            rows[rrf] = _over_seeds([r["rrf"] for r in runs])
+            rows[fused] = [{k: v for k, v in r["fused"].items() if k != "weight"} for r in runs]
+            rows[rrf] = [r["rrf"] for r in runs]
     if "reference" in log:
         ref = log["reference"]
         epochs, seed = ref.get("epochs", 1), ref.get("seed", log["seeds"][0])  # logs before: 1, first
         rows[f"{ref['model']}, zero-shot (trained on ~1B pairs incl. CodeSearchNet)"] = \
-            _one_run(ref["zero_shot"])
-        rows[f"{ref['model']}, fine-tuned ({epochs} epoch, seed {seed}, "
-             f"lr {_lr(log['classification_config']):g}, not tuned)"] = _one_run(ref["classification"])
+            [ref["zero_shot"]]
+        lr = (f"lr {ref['lr']:g} chosen on validation" if "lr" in ref else
+              f"lr {_lr(log['classification_config']):g}, not tuned")  # logs before: the mini's lr
+        rows[f"{ref['model']}, fine-tuned ({epochs} epoch, seed {seed}, {lr})"] = \
+            [ref["classification"]]
     return rows
+
+
+def table_rows(log: dict) -> dict[str, dict[str, tuple[float, float | None]]]:
+    """Every row of the log: {name: {metric: (mean, spread or None)}}."""
+    return {name: _over_seeds(runs) if len(runs) > 1 else _one_run(runs[0])
+            for name, runs in row_runs(log).items()}
+
+
+def bootstrap_table(log: dict, sizes: dict) -> str:
+    """Each row's 95% bootstrap interval over test items (of its mean over seeds)."""
+    n_c, n_s = sizes["classification"]["test"], sizes["search"]["test"]
+    table = {}
+    for name, runs in row_runs(log).items():
+        spans = {m: bootstrap_interval(runs, None, m) for m in BOOTSTRAPPED if m in runs[0]}
+        if any(spans.values()):
+            table[name] = {m: span for m, span in spans.items() if span}
+    titles = dict(COLUMNS)
+    lines = ["| model | " + " | ".join(f"{titles[m]} (n = {n_c if m == 'accuracy' else n_s})"
+                                       for m in BOOTSTRAPPED) + " |",
+             "|---|" + "---:|" * len(BOOTSTRAPPED)]
+    lines += [f"| {name} | " + " | ".join(f"[{spans[m][0]:.3f}, {spans[m][1]:.3f}]" if m in spans
+                                          else "—" for m in BOOTSTRAPPED) + " |"
+              for name, spans in table.items()]
+    return "\n".join(lines) if table else ""
 
 
 def curve_runs(log: dict, sizes: dict) -> dict[str, dict[int, list[dict]]]:
@@ -246,9 +326,10 @@ def curve_runs(log: dict, sizes: dict) -> dict[str, dict[int, list[dict]]]:
     return curve
 
 
-def comparisons(log: dict, sizes: dict) -> list[tuple[str, str, str, list[float], list[float] | float]]:
-    """(what, metric, reading's names, a per seed, b per seed or one value) for every paired
-    difference the report shows: pretrained against random init and against the baselines."""
+def comparisons(log: dict, sizes: dict) -> list[tuple[str, str, tuple, list[dict], list[dict] | dict]]:
+    """(what, metric, reading's names, a's run per seed, b's run per seed or its one run) for
+    every paired difference the report shows: pretrained against random init and against the
+    baselines, the hybrids against BM25."""
     out = []
     pre, ran = log.get("pretrained"), log.get("random")
     tfidf, bm25 = log["baselines"]["tfidf_logreg"], log["baselines"]["bm25"]
@@ -257,8 +338,7 @@ def comparisons(log: dict, sizes: dict) -> list[tuple[str, str, str, list[float]
 
     def add(what, names, a_runs, b, metrics):
         for m in metrics:
-            out.append((what, m, names, [r[m] for r in a_runs],
-                        b[m] if isinstance(b, dict) else [r[m] for r in b]))
+            out.append((what, m, names, a_runs, b))
     n = sizes["classification"]["train"]
     if pre and ran:
         add(f"classification, {n} labels: pretrained − random init", ("pretrained", "random init"),
@@ -289,6 +369,13 @@ def comparisons(log: dict, sizes: dict) -> list[tuple[str, str, str, list[float]
                 [r["fused"] for r in pre["retrieval"]], bm25, retrieval)
             add("code search: RRF − BM25", ("RRF", "BM25"),
                 [r["rrf"] for r in pre["retrieval"]], bm25, retrieval)
+    if ran and "fused" in ran["retrieval"][0]:
+        add("code search: random-init score fusion − BM25", ("random-init fusion", "BM25"),
+            [r["fused"] for r in ran["retrieval"]], bm25, retrieval)
+        if pre and "fused" in pre["retrieval"][0]:
+            add("code search, score fusion: pretrained − random init", ("pretrained", "random init"),
+                [r["fused"] for r in pre["retrieval"]], [r["fused"] for r in ran["retrieval"]],
+                retrieval)
     return out
 
 
@@ -300,14 +387,18 @@ def paired_table(log: dict, sizes: dict) -> str:
     """A row per comparison and metric: the per-seed differences, their mean, the paired 95%
     t-interval and what it supports."""
     titles = dict(COLUMNS)
-    lines = ["| difference | metric | per seed | mean | 95% interval | reading |",
-             "|---|---|---|---:|---:|---|"]
-    for what, metric, (first, second), a, b in comparisons(log, sizes):
-        i = paired_interval(a, b)
+    lines = ["| difference | metric | per seed | mean | 95% interval (seeds) "
+             "| 95% interval (test items) | reading |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for what, metric, (first, second), a_runs, b in comparisons(log, sizes):
+        i = paired_interval([r[metric] for r in a_runs],
+                            b[metric] if isinstance(b, dict) else [r[metric] for r in b])
+        boot = bootstrap_interval(a_runs, b, metric)
         span = "—" if i["low"] is None else f"[{_signed(i['low'])}, {_signed(i['high'])}]"
+        items = "—" if boot is None else f"[{_signed(boot[0])}, {_signed(boot[1])}]"
         lines.append(f"| {what} | {titles[metric]} | "
                      f"{', '.join(_signed(d) for d in i['differences'])} | {_signed(i['mean'])} | "
-                     f"{span} | {reading(i, first, second)} |")
+                     f"{span} | {items} | {reading(i, first, second, boot)} |")
     return "\n".join(lines)
 
 
@@ -347,30 +438,45 @@ def report(log: dict, sizes: dict) -> tuple[str, dict]:
              f"is one run, or the same in every seed (the pretrained encoder's zero-shot row: "
              f"nothing in it is random); the random-init zero-shot row differs by seed because its "
              f"initialisation does. Mean cosine: between the test documents' embeddings.")
-    pre = log.get("pretrained", {}).get("retrieval", [])
-    if pre and "fused" in pre[0]:
-        chosen = [r["fused"]["weight"] for r in pre]
-        on_validation = [r["fused"]["validation_mrr@10"][str(w)] for r, w in zip(pre, chosen)]
-        text += (f" Score fusion weights of the bi-encoder, chosen on {s['validation']} validation "
-                 f"pairs: {chosen} (validation MRR@10 at that weight: "
-                 f"{[round(v, 3) for v in on_validation]}).")
+    for init in ("pretrained", "random"):
+        runs = log.get(init, {}).get("retrieval", [])
+        if runs and "fused" in runs[0]:
+            chosen = [r["fused"]["weight"] for r in runs]
+            on_validation = [r["fused"]["validation_mrr@10"][str(w)] for r, w in zip(runs, chosen)]
+            text += (f" Score fusion weights of the {init} bi-encoder, chosen on {s['validation']} "
+                     f"validation pairs: {chosen} (validation MRR@10 at that weight: "
+                     f"{[round(v, 3) for v in on_validation]}).")
     text += f" Checkpoint: {log['checkpoint']}. Mean time per seed, wall (CPU): {timing}."
     if "reference" in log:
+        ref = log["reference"]
         text += " " + REFERENCE_TRAINING + (
+            f" Its classification row's learning rate, {ref['lr']:g}, was chosen on the "
+            f"{c['validation']} validation functions from "
+            + ", ".join(f"{float(lr):g} (accuracy {acc:.3f})" for lr, acc in ref["lr_choice"].items())
+            + "." if "lr_choice" in ref else
             f" Its classification row used the mini model's learning rate, "
             f"{_lr(log['classification_config']):g}, chosen on nothing for it.")
 
     text += ("\n\nThe test set's own sampling error: the binomial standard error sqrt(p(1-p)/n) of "
              "each share above, n the test items. It is the same for every seed (one test set), "
              "and the seed spreads above do not hold it:\n\n" + sampling_table(rows, sizes))
+    boot = bootstrap_table(log, sizes)
+    if boot:
+        text += ("\n\nThe same error measured: each row's 95% percentile bootstrap interval over "
+                 f"test items ({BOOTSTRAP_SAMPLES} resamples, of the row's mean over seeds):\n\n" + boot)
     text += (f"\n\nPaired differences: seed i of one row against seed i of the other (the same "
              f"seed, and in the learning curve the same labelled sample), or against the one value "
-             f"of a baseline; mean, and the 95% t-interval mean ± t·sd/sqrt(n) over the {n_seeds} "
-             f"seeds ({f't = {t_quantile_95(n_seeds - 1):.3f}' if n_seeds > 1 else 'one seed: none'}). "
-             f"A difference whose interval holds 0 is not distinguishable here. The interval "
-             f"holds the seeds' variation only, not the test set's: a bootstrap over test items "
-             f"would, but it needs each run's per-item predictions, which results.json does not "
-             f"keep, so none is computed.\n\n" + paired_table(log, sizes))
+             f"of a baseline; mean, and the 95% t-interval mean ± t·sd/sqrt(n) over the n seeds "
+             f"of the row (t with n − 1 degrees of freedom; for the full training sets "
+             f"{f'{n_seeds} seeds, t = {t_quantile_95(n_seeds - 1):.3f}' if n_seeds > 1 else 'one seed: none'}; "
+             f"the learning curve's seeds are in its table below). "
+             f"The seeds' interval holds the seeds' variation only, not the test set's; beside it, "
+             f"a 95% percentile bootstrap over test items ({BOOTSTRAP_SAMPLES} resamples of the "
+             f"test items, the same draw for every seed and both rows, of the mean over seeds of "
+             f"the difference) holds the test set's (— where a run keeps no per-item outcomes, "
+             f"and for nDCG and macro-F1, which are not means over items here). A row reads "
+             f"\"higher\" only where both intervals exclude 0; otherwise it is not "
+             f"distinguishable here.\n\n" + paired_table(log, sizes))
 
     curve = curve_runs(log, sizes)
     if curve:
@@ -380,13 +486,28 @@ def report(log: dict, sizes: dict) -> tuple[str, dict]:
                      for name, per in curve.items()}
             if TFIDF in table and c["train"] in table[TFIDF]:
                 table[TFIDF][c["train"]] = (table[TFIDF][c["train"]][0], None)  # one fit
+            seeds = sorted({len(per[n]) for per in curve.values() for n in per if n != c["train"]})
             text += (f"\n\nLearning curve, classification {title} (mean ± standard deviation over "
-                     f"seeds; TF-IDF with all {c['train']} examples is one fit):\n\n"
+                     f"{' or '.join(map(str, seeds))} seeds, {n_seeds} for all {c['train']} examples; "
+                     f"TF-IDF with all of them is one fit):\n\n"
                      + markdown_table(table, [(n, str(n)) for n in points], first="labelled examples"))
         times = {n: _mean_time([r for name in (PRETRAINED, RANDOM) for r in curve.get(name, {}).get(n, [])])
                  for n in points if n != c["train"]}
         text += ("\n\nMean time per learning-curve run of the mini model, wall (CPU): "
                  + "; ".join(f"{n} labels {t}" for n, t in times.items()) + ".")
+        choice = log.get("curve_choice")
+        if choice:
+            grid = sorted({int(m) for per in choice.values() for point in per.values()
+                           for m in point["validation_accuracy"]})
+            lines = ["| model, labels | " + " | ".join(f"{m} steps" for m in grid) + " | chosen |",
+                     "|---|" + "---:|" * (len(grid) + 1)]
+            lines += [f"| {name}, {n} labels | " + " | ".join(
+                f"{point['validation_accuracy'][str(m)]:.3f}" for m in grid) + f" | {point['chosen']} |"
+                for name, per in choice.items() for n, point in per.items()]
+            text += ("\n\nThe learning curve's least number of steps, chosen per model and size on "
+                     f"the {c['validation']} validation functions (seed {log['curve_choice_seed']}, "
+                     f"its own labelled sample; validation accuracy at each setting, and the one "
+                     f"chosen, the smaller on a tie):\n\n" + "\n".join(lines))
     return text, rows
 
 

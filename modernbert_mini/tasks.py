@@ -237,11 +237,14 @@ def _non_blank_lines(text: str) -> int:
 
 def classification_metrics(true_labels: Sequence[int],
                            predicted: Sequence[int]) -> dict[str, float]:
-    """Accuracy and macro-F1 (the mean over classes of F1, so small classes count as much)."""
+    """Accuracy and macro-F1 (the mean over classes of F1, so small classes count as much), and
+    "per_item": each test item's outcome, "1" right or "0" wrong, space-separated (what a
+    bootstrap over test items resamples: `results.bootstrap_interval`)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     return {"accuracy": float(accuracy_score(true_labels, predicted)),
-            "macro_f1": float(f1_score(true_labels, predicted, average="macro"))}
+            "macro_f1": float(f1_score(true_labels, predicted, average="macro")),
+            "per_item": " ".join(str(int(t == p)) for t, p in zip(true_labels, predicted))}
 
 
 def tfidf_logreg_baseline(task: ClassificationTask) -> dict[str, float]:
@@ -306,7 +309,9 @@ def code_search(*, cache_dir=None, root=None) -> RetrievalTask:
 
 
 def retrieval_metrics(ranked: Iterable[Sequence[int]], k: int = 10) -> dict[str, float]:
-    """MRR@k, nDCG@k, recall@1 and recall@k when query i's only relevant document is document i.
+    """MRR@k, nDCG@k, recall@1 and recall@k when query i's only relevant document is document i,
+    and "per_item": each query's rank of its document, 0 where it is not in the top k,
+    space-separated (what a bootstrap over test items resamples: `results.bootstrap_interval`).
 
     ranked[i] lists document indices for query i, best first (at least k of them). With one
     relevant document found at rank r <= k, nDCG@k is 1 / log2(r + 1) (its ideal DCG is 1).
@@ -321,7 +326,8 @@ def retrieval_metrics(ranked: Iterable[Sequence[int]], k: int = 10) -> dict[str,
         hits_at_k.append(rank is not None)
     n = len(reciprocal_ranks)
     return {f"mrr@{k}": sum(reciprocal_ranks) / n, f"ndcg@{k}": sum(gains) / n,
-            "recall@1": sum(hits_at_1) / n, f"recall@{k}": sum(hits_at_k) / n}
+            "recall@1": sum(hits_at_1) / n, f"recall@{k}": sum(hits_at_k) / n,
+            "per_item": " ".join(str(round(1 / r)) if r else "0" for r in reciprocal_ranks)}
 
 
 def bm25_baseline(task: RetrievalTask, k: int = 10) -> dict[str, float]:

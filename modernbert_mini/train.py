@@ -87,9 +87,10 @@ class TrainConfig:
     # context extension: start from a finished run's weights and tokenizer (model_overrides can
     # then raise global_rope_theta, as ModernBERT's 8k phase did); optimizer and schedule anew
     init_from: str | None = None
-    # the loss by position on windows of this many validation tokens (0: the model's
-    # max_position_embeddings), before and after training
+    # the loss by position on position_eval_windows windows of this many validation tokens (0:
+    # the model's max_position_embeddings), each from another file, before and after training
     position_eval_len: int = 0
+    position_eval_windows: int = 24
     # batches, in tokens (packed): batch-size warmup from batch_warmup_start to batch_tokens,
     # in steps of batch_warmup_multiple, each size for the same number of steps (optim.py)
     batch_tokens: int = 8192
@@ -121,7 +122,7 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("max_len", "batch_tokens", "max_steps", "eval_every", "eval_tokens",
-                    "save_every", "keep_checkpoints", "batch_warmup_multiple")
+                    "save_every", "keep_checkpoints", "batch_warmup_multiple", "position_eval_windows")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
@@ -184,11 +185,14 @@ def scorer(cfg: TrainConfig, tokenizer: Tokenizer, config: ModernBertConfig, dev
 
 def position_losses(cfg: TrainConfig, tokenizer: Tokenizer, config: ModernBertConfig, model,
                     device) -> dict:
-    """{"length", "buckets"}: loss_by_position on windows of position_eval_len validation tokens."""
+    """{"length", "windows", "buckets"}: loss_by_position on position_eval_windows windows of
+    position_eval_len validation tokens, each from another file."""
     length = cfg.position_eval_len or config.max_position_embeddings
     batches = long_validation_slice(corpus_texts("validation")[:cfg.val_docs], tokenizer, config,
-                                    length=length, eval_tokens=cfg.eval_tokens, rate=cfg.mask_rate)
-    return {"length": length, "buckets": loss_by_position(model, batches, device)}
+                                    length=length, windows=cfg.position_eval_windows,
+                                    rate=cfg.mask_rate)
+    return {"length": length, "windows": len(batches),
+            "buckets": loss_by_position(model, batches, device)}
 
 
 def train_step(model, optimizer, scheduler, batch: PackedBatch, inputs: torch.Tensor,

@@ -3,6 +3,7 @@ values worked out by hand, and no test example reaches the fine-tuning data."""
 
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -189,6 +190,30 @@ def test_min_steps_adds_epochs_for_small_training_sets():
     batches = ft.epoch_batches([5] * 10, cfg)  # 3 batches an epoch: 4 epochs for 11 steps
     assert len(batches) == 12 and sorted(i for b in batches for i in b) == sorted(list(range(10)) * 4)
     assert len(ft.epoch_batches([5] * 10, ft.FinetuneConfig(batch_size=4, epochs=2))) == 6
+    assert ft.epochs_for(10, cfg) == 4 and ft.epochs_for(100, cfg) == 2  # 25 batches an epoch
+
+
+def test_the_curve_takes_the_least_steps_best_on_validation(monkeypatch):
+    """choose_curve_steps: per model and size, the grid value of the best validation accuracy,
+    the smaller on a tie; two values that give the same epochs are one run; the choice logged."""
+    accuracy = {("pretrained", 100, 50): 0.30, ("pretrained", 100, 90): 0.35,
+                ("random", 100, 50): 0.20, ("random", 100, 90): 0.20,  # a tie: the smaller
+                ("pretrained", 1000, 50): 0.50, ("random", 1000, 50): 0.40}
+    calls = []
+
+    def fake_run(on, init, n, seed, min_steps):
+        calls.append((init, n, min_steps))
+        return {"accuracy": accuracy[(init, n, min_steps)]}
+    monkeypatch.setattr(ex, "curve_run", fake_run)
+    study = SimpleNamespace(cfg=ft.FinetuneConfig(batch_size=32, epochs=3), log={})
+    chosen = ex.choose_curve_steps("validation study", study, [100, 1000], [50, 90], seed=0,
+                                   inits=("pretrained", "random"))
+    assert chosen == {ex.PRETRAINED: {100: 90, 1000: 50}, ex.RANDOM: {100: 50, 1000: 50}}
+    # 1,000 examples are 32 batches an epoch: 50 and 90 steps both leave the 3 epochs, one run
+    assert ("pretrained", 1000, 90) not in calls and len(calls) == 6
+    logged = study.log["curve_choice"][ex.PRETRAINED]["100"]
+    assert logged == {"validation_accuracy": {"50": 0.30, "90": 0.35}, "chosen": 90}
+    assert ex.choose_curve_steps(None, study, [100], [50], 0, ("random",)) == {ex.RANDOM: {100: 50}}
 
 
 def test_reference_encoder_pads_packed_sequences_as_bert_reads_them(tokenizer):

@@ -60,3 +60,49 @@ def test_committed_checkpoint_extended_its_context_as_its_log_says():
     short = log["init_from_run"]
     assert short["train_config"]["max_len"] == 128 and cfg.max_len == 1024
     assert short["model_config"]["global_rope_theta"] == 10_000 and model.config.global_rope_theta == 160_000
+
+
+def _make_pretrain_runs() -> dict[str, TrainConfig]:
+    """The three runs `make pretrain` makes, as the Makefile says them today ({out dir's last
+    part: TrainConfig}), read from `make -n` (which prints the commands without running them)."""
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from modernbert_mini.train import parse_args
+
+    root = Path(__file__).resolve().parents[1]
+    script = subprocess.run(["make", "-n", "--always-make", "pretrain", "PRETRAIN_DIR=run"],
+                            cwd=root, capture_output=True, text=True, check=True).stdout
+    script = script.replace("\\\n", " ")
+    runs = {}
+    for line in script.splitlines():
+        if "-m modernbert_mini.train" in line:
+            cfg = parse_args(shlex.split(line.split("-m modernbert_mini.train", 1)[1]))
+            runs[cfg.out_dir.split("/")[-1]] = cfg
+    return runs
+
+
+def test_make_pretrain_made_the_committed_checkpoint():
+    """The settings of each run in the shipped log (phase 1, phase 2, the control) are what
+    `make pretrain` runs today, so that it reproduces the checkpoint: ModernBERT's schedule
+    shape (phase 1 warmup then constant, the extension at a constant lower rate with the only
+    decay at its end) and attention dropout 0.1 in pretraining."""
+    runs = _make_pretrain_runs()
+    log = json.loads((PRETRAINED_DIR / LOG_FILE).read_text())
+    logged = {"short": log["init_from_run"]["train_config"], "run": log["train_config"],
+              "control": log["control_run"]["train_config"]}
+    assert set(runs) == set(logged)
+    for name, cfg in runs.items():
+        theirs = TrainConfig.from_dict(logged[name])
+        for field in ("max_len", "max_steps", "batch_tokens", "batch_warmup_start",
+                      "batch_warmup_tokens", "batch_warmup_multiple", "model_overrides",
+                      "mask_rate", "seed", "eval_tokens"):
+            assert getattr(cfg, field) == getattr(theirs, field), (name, field)
+        assert cfg.optim == theirs.optim, name
+    short, long = runs["short"].optim, runs["run"].optim
+    assert short.decay_steps == 0 and short.warmup_steps > 0  # no decay in phase 1
+    assert long.warmup_steps == 0 and long.decay_steps > 0 and long.lr < short.lr
+    assert runs["control"].optim == long and runs["control"].max_len == runs["short"].max_len
+    assert runs["short"].model_overrides["attention_dropout"] == 0.1
+    assert json.loads((PRETRAINED_DIR / "config.json").read_text())["attention_dropout"] == 0.0

@@ -144,14 +144,44 @@ def test_every_key_of_a_made_up_log_reaches_the_table_and_the_comparisons():
     # accuracy 0.59 + k against random's 0.55 + 2k: differences 0.04, 0.03, 0.02 (sd 0.01)
     line = next(l for l in text.splitlines()
                 if l.startswith("| classification, 2937 labels: pretrained − random init | accuracy"))
-    assert "+0.040, +0.030, +0.020 | +0.030 | [+0.005, +0.055] | pretrained higher" in line
+    assert "+0.040, +0.030, +0.020 | +0.030 | [+0.005, +0.055] | — | pretrained higher" in line
     # the curve's point: the same differences per seed for pretrained and TF-IDF, +0.04 each
     line = next(l for l in text.splitlines() if l.startswith("| classification, 100 labels: "
                                                             "pretrained − TF-IDF") and "accuracy" in l)
-    assert "+0.040, +0.040, +0.040 | +0.040 | [+0.040, +0.040] | pretrained higher" in line
+    assert "+0.040, +0.040, +0.040 | +0.040 | [+0.040, +0.040] | — | pretrained higher" in line
     se = math.sqrt(0.6 * 0.4 / 971)  # TF-IDF's accuracy on 971 test items
     assert f"| {results.TFIDF} | {se:.3f} |" in text
-    assert "bootstrap over test items" in text and "does not" in text
+    assert "bootstrap over test items" in text and "no per-item outcomes" in text
+
+
+def test_bootstrap_interval_by_hand():
+    # every item right in a, wrong in b: every resample's difference is 1
+    right, wrong = {"per_item": "1 1 1 1"}, {"per_item": "0 0 0 0"}
+    assert results.bootstrap_interval([right, right], [wrong, wrong], "accuracy") == (1.0, 1.0)
+    # 400 items, half right: the mean's standard error is 0.5 / sqrt(400) = 0.025, so the 95%
+    # interval is about 0.5 ± 1.96 * 0.025
+    half = {"per_item": " ".join(["1", "0"] * 200)}
+    low, high = results.bootstrap_interval([half], None, "accuracy")
+    assert low == pytest.approx(0.5 - 1.96 * 0.025, abs=0.006)
+    assert high == pytest.approx(0.5 + 1.96 * 0.025, abs=0.006)
+    # ranks: reciprocal rank, recall@1 and recall@10 from the same outcomes
+    ranks = {"per_item": "1 2 0 10"}
+    assert results.item_scores(ranks, "mrr@10") == [1.0, 0.5, 0.0, 0.1]
+    assert results.item_scores(ranks, "recall@1") == [1.0, 0.0, 0.0, 0.0]
+    assert results.item_scores(ranks, "recall@10") == [1.0, 1.0, 0.0, 1.0]
+    # a run without per-item outcomes, or a metric that is no mean over items: no interval
+    assert results.bootstrap_interval([{"accuracy": 0.5}], None, "accuracy") is None
+    assert results.bootstrap_interval([ranks], None, "ndcg@10") is None
+    # the same draw for both rows: a row against itself differs by exactly 0 in every resample
+    assert results.bootstrap_interval([half], [half], "accuracy") == (0.0, 0.0)
+
+
+def test_reading_needs_both_intervals_clear_of_zero():
+    ahead = results.paired_interval([0.7, 0.71, 0.72], [0.4, 0.4, 0.4])  # seeds: clear of 0
+    assert results.reading(ahead, "a", "b", (0.01, 0.5)) == "a higher"
+    assert results.reading(ahead, "a", "b", (-0.01, 0.5)) == "not distinguishable here"
+    behind = results.paired_interval([0.4, 0.4, 0.4], [0.7, 0.71, 0.72])
+    assert results.reading(behind, "a", "b", (-0.5, -0.01)) == "b higher"
 
 
 def test_one_seed_renders_without_intervals():
@@ -160,7 +190,7 @@ def test_one_seed_renders_without_intervals():
         del log[key]
     text, _ = results.report(log, log["sizes"])
     assert "one seed: none" in text
-    assert re.search(r"\| accuracy \| \+0\.040 \| \+0\.040 \| — \| not distinguishable here \|", text)
+    assert re.search(r"\| accuracy \| \+0\.040 \| \+0\.040 \| — \| — \| not distinguishable here \|", text)
 
 
 def test_the_committed_results_md_is_the_rendering_of_results_json():
@@ -173,3 +203,32 @@ def test_the_committed_results_md_is_the_rendering_of_results_json():
     table = table_cells(text)
     assert table[results.RANDOM_ZERO_SHOT]["MRR@10"].startswith("0.111")
     assert table[results.ZERO_SHOT]["MRR@10"] == "0.078"
+
+
+def test_per_item_outcomes_and_the_choices_reach_the_report():
+    """With per-item outcomes in every run, each paired row has a bootstrap interval and each
+    row of the table its own; the curve's and the reference's choices on validation are shown."""
+    log = made_up_log()
+    right = " ".join(["1"] * 600 + ["0"] * 371)  # 971 classification test items
+    ranks = " ".join(["1"] * 400 + ["3"] * 300 + ["0"] * 441)  # 1,141 queries
+    for init in ("pretrained", "random"):
+        for r in log[init]["classification"]:
+            r["per_item"] = right
+        for r in log[init]["retrieval"]:
+            for part in (r, r["zero_shot"], *(r[k] for k in ("fused", "rrf") if k in r)):
+                part["per_item"] = ranks
+    log["baselines"]["tfidf_logreg"]["per_item"] = right
+    log["baselines"]["bm25"]["per_item"] = ranks
+    log["curve_choice"] = {results.PRETRAINED: {"100": {"validation_accuracy": {"50": 0.3, "100": 0.4},
+                                                        "chosen": 100}}}
+    log["curve_choice_seed"] = 0
+    log["reference"].update(lr=1e-4, lr_choice={"3e-05": 0.5, "0.0001": 0.6, "0.0003": 0.55})
+    text, _ = results.report(log, log["sizes"])
+    line = next(l for l in text.splitlines()
+                if l.startswith("| classification, 2937 labels: pretrained − random init | accuracy"))
+    # the same outcomes in both rows: every resample's difference is 0, so the reading is "not
+    # distinguishable" although the seeds' interval alone is clear of 0
+    assert "| [+0.005, +0.055] | [+0.000, +0.000] | not distinguishable here |" in line
+    assert f"| {results.PRETRAINED} | [0." in text  # the rows' own bootstrap table
+    assert "| mini, pretrained, fine-tuned, 100 labels | 0.300 | 0.400 | 100 |" in text
+    assert "lr 0.0001 chosen on validation" in text and "3e-05 (accuracy 0.500)" in text
