@@ -179,8 +179,8 @@ def prepare(checkpoint: str | Path, seeds: Sequence[int], cfg: FinetuneConfig,
 def baselines(study: Study) -> tuple[dict, dict[str, torch.Tensor]]:
     """The rows of TF-IDF + logistic regression (on every training example) and BM25; and
     BM25's score matrices of the test and validation pairs, which the hybrids fuse."""
-    tfidf = tasks.tfidf_logreg_baseline(study.everything)
-    bm25 = tasks.bm25_baseline(study.search)
+    tfidf = tasks.tfidf_logreg_baseline(study.everything, per_item=True)
+    bm25 = tasks.bm25_baseline(study.search, per_item=True)
     study.log["baselines"] = {"tfidf_logreg": tfidf, "bm25": bm25}
     matrices = {name: torch.from_numpy(tasks.bm25_scores([p.query for p in pairs],
                                                          [p.code for p in pairs]))
@@ -298,7 +298,7 @@ def learning_curve(study: Study, sizes: Sequence[int], steps: dict[str, dict[int
     for n in sizes:
         for seed in seeds:
             runs[TFIDF].setdefault(n, []).append(tasks.tfidf_logreg_baseline(
-                curve_sample(study, n, seed)))
+                curve_sample(study, n, seed), per_item=True))
             for init, name in (("pretrained", PRETRAINED), ("random", RANDOM)):
                 if init in inits:
                     runs[name].setdefault(n, []).append(

@@ -280,7 +280,8 @@ def run_classification(task: tasks.ClassificationTask, make_model: Callable[[int
     train_classifier(model, tokenizer, [e.text for e in task.train], [e.label for e in task.train],
                      cfg)
     predicted = predict(model, tokenizer, [e.text for e in task.test], cfg.max_len).argmax(-1)
-    scores = tasks.classification_metrics([e.label for e in task.test], predicted.tolist())
+    scores = tasks.classification_metrics([e.label for e in task.test], predicted.tolist(),
+                                          per_item=True)
     return {**scores, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
 
 
@@ -293,7 +294,8 @@ def dense_scores(model: BiEncoder, tokenizer: Tokenizer, pairs: Sequence[tasks.S
 
 
 def metrics_of(scores: torch.Tensor) -> dict:
-    return tasks.retrieval_metrics(top_k(scores, FUSION_DEPTH))
+    """The retrieval metrics of a (Q, D) score matrix, with each query's rank ("per_item")."""
+    return tasks.retrieval_metrics(top_k(scores, FUSION_DEPTH), per_item=True)
 
 
 def zero_shot_retrieval(task: tasks.RetrievalTask, model: BiEncoder, tokenizer: Tokenizer,
@@ -324,7 +326,7 @@ def run_retrieval(task: tasks.RetrievalTask, make_encoder: Callable[[int], nn.Mo
         out["fused"] = {**metrics_of(fuse_scores(after, bm25["test"], weight)), "weight": weight,
                         "validation_mrr@10": {str(w): m for w, m in tried.items()}}
         out["rrf"] = tasks.retrieval_metrics(reciprocal_rank_fusion(
-            [top_k(after, FUSION_DEPTH), top_k(bm25["test"], FUSION_DEPTH)]))
+            [top_k(after, FUSION_DEPTH), top_k(bm25["test"], FUSION_DEPTH)]), per_item=True)
     out.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
     return out
 

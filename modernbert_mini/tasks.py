@@ -235,19 +235,21 @@ def _non_blank_lines(text: str) -> int:
     return sum(1 for line in text.splitlines() if line.strip())
 
 
-def classification_metrics(true_labels: Sequence[int],
-                           predicted: Sequence[int]) -> dict[str, float]:
-    """Accuracy and macro-F1 (the mean over classes of F1, so small classes count as much), and
-    "per_item": each test item's outcome, "1" right or "0" wrong, space-separated (what a
-    bootstrap over test items resamples: `results.bootstrap_interval`)."""
+def classification_metrics(true_labels: Sequence[int], predicted: Sequence[int],
+                           per_item: bool = False) -> dict[str, float]:
+    """Accuracy and macro-F1 (the mean over classes of F1, so small classes count as much); with
+    per_item=True also "per_item": each test item's outcome, "1" right or "0" wrong,
+    space-separated (what a bootstrap over test items resamples: `results.bootstrap_interval`)."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    return {"accuracy": float(accuracy_score(true_labels, predicted)),
-            "macro_f1": float(f1_score(true_labels, predicted, average="macro")),
-            "per_item": " ".join(str(int(t == p)) for t, p in zip(true_labels, predicted))}
+    scores = {"accuracy": float(accuracy_score(true_labels, predicted)),
+              "macro_f1": float(f1_score(true_labels, predicted, average="macro"))}
+    if per_item:
+        scores["per_item"] = " ".join(str(int(t == p)) for t, p in zip(true_labels, predicted))
+    return scores
 
 
-def tfidf_logreg_baseline(task: ClassificationTask) -> dict[str, float]:
+def tfidf_logreg_baseline(task: ClassificationTask, per_item: bool = False) -> dict[str, float]:
     """TF-IDF over words (identifiers split), then logistic regression; scores on the test split.
 
     Chosen by 5-fold cross-validation on the training split, grouped by file (unigrams beat
@@ -265,7 +267,7 @@ def tfidf_logreg_baseline(task: ClassificationTask) -> dict[str, float]:
     )
     model.fit([e.text for e in task.train], [e.label for e in task.train])
     predicted = model.predict([e.text for e in task.test])
-    return classification_metrics([e.label for e in task.test], predicted)
+    return classification_metrics([e.label for e in task.test], predicted, per_item)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,10 +310,12 @@ def code_search(*, cache_dir=None, root=None) -> RetrievalTask:
     return RetrievalTask(pairs(train), pairs(test))
 
 
-def retrieval_metrics(ranked: Iterable[Sequence[int]], k: int = 10) -> dict[str, float]:
-    """MRR@k, nDCG@k, recall@1 and recall@k when query i's only relevant document is document i,
-    and "per_item": each query's rank of its document, 0 where it is not in the top k,
-    space-separated (what a bootstrap over test items resamples: `results.bootstrap_interval`).
+def retrieval_metrics(ranked: Iterable[Sequence[int]], k: int = 10,
+                      per_item: bool = False) -> dict[str, float]:
+    """MRR@k, nDCG@k, recall@1 and recall@k when query i's only relevant document is document i;
+    with per_item=True also "per_item": each query's rank of its document, 0 where it is not in
+    the top k, space-separated (what a bootstrap over test items resamples:
+    `results.bootstrap_interval`).
 
     ranked[i] lists document indices for query i, best first (at least k of them). With one
     relevant document found at rank r <= k, nDCG@k is 1 / log2(r + 1) (its ideal DCG is 1).
@@ -325,18 +329,20 @@ def retrieval_metrics(ranked: Iterable[Sequence[int]], k: int = 10) -> dict[str,
         hits_at_1.append(rank == 1)
         hits_at_k.append(rank is not None)
     n = len(reciprocal_ranks)
-    return {f"mrr@{k}": sum(reciprocal_ranks) / n, f"ndcg@{k}": sum(gains) / n,
-            "recall@1": sum(hits_at_1) / n, f"recall@{k}": sum(hits_at_k) / n,
-            "per_item": " ".join(str(round(1 / r)) if r else "0" for r in reciprocal_ranks)}
+    scores = {f"mrr@{k}": sum(reciprocal_ranks) / n, f"ndcg@{k}": sum(gains) / n,
+              "recall@1": sum(hits_at_1) / n, f"recall@{k}": sum(hits_at_k) / n}
+    if per_item:
+        scores["per_item"] = " ".join(str(round(1 / r)) if r else "0" for r in reciprocal_ranks)
+    return scores
 
 
-def bm25_baseline(task: RetrievalTask, k: int = 10) -> dict[str, float]:
+def bm25_baseline(task: RetrievalTask, k: int = 10, per_item: bool = False) -> dict[str, float]:
     """BM25 (the `bm25s` library) over words, English stopwords removed; scores on the test split.
 
     Identifiers are split into words (`code_words`), so "Return the event loop" can match
     `get_event_loop`: on Python 3.11 that lifts MRR@10 from 0.30 (bm25s's own word pattern) to 0.42.
     """
-    return retrieval_metrics(bm25_rankings(task, k), k)
+    return retrieval_metrics(bm25_rankings(task, k), k, per_item)
 
 
 def bm25_rankings(task: RetrievalTask, k: int = 10) -> list[list[int]]:

@@ -183,14 +183,15 @@ def test_retrieval_metrics_by_hand():
     # ranks 1, 2, 3, none; nDCG of rank r is 1 / log2(r + 1): 1, 1/log2(3) = 0.6309..., 1/2, 0
     assert scores == pytest.approx({"mrr@3": (1 + 1 / 2 + 1 / 3 + 0) / 4,
                                     "ndcg@3": (1 + 0.6309297535714575 + 1 / 2 + 0) / 4,
-                                    "recall@1": 1 / 4, "recall@3": 3 / 4, "per_item": "1 2 3 0"})
+                                    "recall@1": 1 / 4, "recall@3": 3 / 4})
+    assert tasks.retrieval_metrics(ranked, k=3, per_item=True)["per_item"] == "1 2 3 0"
 
 
 def test_classification_metrics_by_hand():
     scores = tasks.classification_metrics([0, 0, 1, 1], [0, 1, 1, 1])
     # class 0: precision 1, recall 1/2, F1 2/3; class 1: precision 2/3, recall 1, F1 4/5
-    assert scores == pytest.approx({"accuracy": 3 / 4, "macro_f1": (2 / 3 + 4 / 5) / 2,
-                                    "per_item": "1 0 1 1"})
+    assert scores == pytest.approx({"accuracy": 3 / 4, "macro_f1": (2 / 3 + 4 / 5) / 2})
+    assert tasks.classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], per_item=True)["per_item"] == "1 0 1 1"
 
 
 def test_code_words_split_identifiers():
