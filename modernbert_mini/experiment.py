@@ -9,8 +9,9 @@ sampling error, a bootstrap over test items and the paired differences between r
 (results.md, results.json, results.png; every run keeps its per-item outcomes for the
 bootstrap). Settings are chosen on the validation files (a held-out part of the training split,
 by file), never on test: the learning curve's least number of steps (`choose_curve_steps`), the
-reference model's learning rate, the fusion weight; `--validation` scores a whole run there. Online (e.g. Colab), `--glue sst2` fine-tunes the published
-ModernBERT-base on a GLUE task (`finetune.finetune_glue`).
+reference model's learning rate, the fusion weight; `--validation` scores a whole run there.
+Online (e.g. Colab), `--glue sst2` fine-tunes the published ModernBERT-base on a GLUE task
+(`finetune.finetune_glue`).
 
 `compare` puts the study together from parts that share a `Study`: `prepare` (the tasks),
 `baselines`, `fine_tuned` (one row, every seed; each run through `finetune.run_classification`
