@@ -2,7 +2,9 @@
 
 Fails on a markdown cell that holds what Colab shows as raw text (a role such as {cite}, a
 directive such as {dropdown}, a target, an equation label) and on an image Colab cannot load (a
-relative path); the Colab badge must be the data: URI of book/_static/colab-badge.png, which in
+relative path); fails where a figure's caption (cell metadata, which Colab never shows) has no
+Markdown copy under it, or the chapter's closing list of references is not the works it cites;
+the Colab badge must be the data: URI of book/_static/colab-badge.png, which in
 turn must be the current drawing of the SVG. The converter itself is checked on a made-up cell.
 """
 
@@ -33,6 +35,8 @@ def test_markdown_holds_nothing_colab_shows_raw(path):
             if cell.cell_type == "markdown" for kind, text in colab_view.leftovers(cell.source)]
     assert not left, ("MyST-only Markdown that Colab shows as raw text (tools/colab_view.py "
                       "converts what it knows):\n" + "\n".join(left))
+    assert colab_view.convert_notebook(nb) == 0, \
+        f"captions or references out of date: .venv/bin/python tools/colab_view.py chapters/{path.name}"
     badge = re.search(r"\[!\[Open in Colab\]\(([^)\s]+)\)\]", nb.cells[0].source)
     assert badge and badge[1] == colab_view.badge_uri(), \
         "the badge's image must be the data: URI of book/_static/colab-badge.png"
@@ -69,3 +73,27 @@ def test_the_converter_folds_cites_and_badges_and_is_idempotent():
     assert "<details>\n<summary>Hint</summary>\n\nFolded.\n\n</details>" in out
     image = re.search(r"\]\(data:image/png;base64,([^)]+)\)", out)
     assert base64.b64decode(image[1]).startswith(b"\x89PNG")
+
+
+def test_captions_get_a_markdown_copy_and_the_chapter_its_references():
+    """A figure's caption is copied under it (tagged for the book to skip), kept in step with the
+    metadata, and removed with it; the references list the works linked, in order, once each."""
+    figure = nbformat.v4.new_code_cell("plot()", id="fig1", metadata={"mystnb": {"figure": {
+        "caption": "Loss against steps ({cite}`warner2024modernbert`)."}}})
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# 1. T\n\nSee {cite}`devlin2019bert` and {cite}`warner2024modernbert`."),
+        figure, nbformat.v4.new_markdown_cell("Again {cite}`devlin2019bert`.")])
+    assert colab_view.convert_notebook(nb) == 4  # the text, the caption, the references; one changed
+    copy, references = nb.cells[2], nb.cells[-1]
+    assert copy.metadata["tags"] == ["remove-cell", "colab-caption"]
+    assert copy.source == ("**Figure.** Loss against steps ([Warner et al., 2024]"
+                           "(https://arxiv.org/abs/2412.13663)).")
+    items = [line for line in references.source.splitlines() if line.startswith("- ")]
+    assert [i.split("]")[0] for i in items] == ["- [Devlin et al. (2019)", "- [Warner et al. (2024)"]
+    assert colab_view.REPO_URL + "/blob/main/book/references.bib" in references.source
+    assert colab_view.convert_notebook(nb) == 0
+    figure.metadata["mystnb"]["figure"]["caption"] = "Another caption."
+    assert colab_view.convert_notebook(nb) == 1 and nb.cells[2].source == "**Figure.** Another caption."
+    del figure.metadata["mystnb"]
+    assert colab_view.convert_notebook(nb) == 1
+    assert not any("colab-caption" in c.metadata.get("tags", []) for c in nb.cells)

@@ -143,6 +143,8 @@ def prose(nb):
             if caption:
                 yield i, caption, True
             continue
+        if "colab-caption" in cell.metadata.get("tags", []):
+            continue  # the caption above, copied for Colab by tools/colab_view.py
         kept, fence = [], None  # fence: the open code fence, if any
         for line in EXERCISES.sub("", cell.source).splitlines():
             m = re.match(r"\s*(`{3,}|~{3,})\s*(\S*)", line)

@@ -19,8 +19,18 @@ construct becomes a form that both render:
   GIF, JPEG and WebP images only, and leaves `![...](data:image/svg+xml...)` as raw text. The PNG
   is drawn from the SVG's shapes (`--draw-badge` redraws it after the SVG changes).
 
-Only the sources of markdown cells change: code cells, outputs and metadata stay as they are, so
-committed outputs stay valid. The notebook is written as tools/run_notebooks.py writes it (nbformat,
+What MyST keeps outside the Markdown gets a Markdown copy, generated here and nowhere else:
+
+- a figure's caption lives in its code cell's metadata (`mystnb.figure.caption`), which the book
+  renders under the figure and Colab never shows: after each figure cell comes a markdown cell
+  "**Figure.** <the caption>", tagged `remove-cell` (the book skips it; Colab and Jupyter ignore
+  tags and show it) and `colab-caption` (the prose guard reads the caption once, as a caption);
+- the book's bibliography is a page of its own, which a notebook opened on Colab cannot link to:
+  the chapter ends with "## References", the works its Markdown links to, in the order it first
+  cites them, each with its title and address, and a pointer to book/references.bib in the
+  repository (the address from _config.yml).
+
+Code cells, their sources and outputs stay as they are, so committed outputs stay valid. The notebook is written as tools/run_notebooks.py writes it (nbformat,
 indent 1), and only when something changed; running it again changes nothing. What it does not
 know how to convert (another role or directive) it leaves and prints: tests/test_colab_view.py
 fails on it, so it is decided by hand.
@@ -36,12 +46,17 @@ from pathlib import Path
 import latexcodec  # noqa: F401  (registers the "ulatex" codec)
 import nbformat
 import pybtex.database
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIB = ROOT / "book" / "references.bib"
 BADGE_SVG = ROOT / "book" / "_static" / "colab-badge.svg"
 BADGE_PNG = BADGE_SVG.with_suffix(".png")
 BADGE_PATH = "../book/_static/colab-badge.svg"  # how the chapters pointed at it
+REPO_URL = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+CAPTION_TAG = "colab-caption"  # a figure's caption as Markdown: Colab shows it, the book skips it
+REFERENCES = "## References"  # the heading of the chapter's last cell, which this file writes
+LINK = re.compile(r"\]\((https?://[^)\s]+)\)")
 
 CITE = re.compile(r"\{cite(?::(\w+))?\}`([^`]+)`")
 OPEN = re.compile(r"^(\s*)(`{3,}|:{3,})\s*\{(dropdown|admonition)\}\s*(.*?)\s*$")
@@ -58,14 +73,14 @@ MYST_ONLY = {
 
 @cache
 def bibliography():
-    """key -> (the names to cite it by, year, url), from book/references.bib."""
+    """key -> (the names to cite it by, year, url, title), from book/references.bib."""
     entries = {}
     for key, entry in pybtex.database.parse_file(str(BIB)).entries.items():
         last = [plain(" ".join(p.prelast_names + p.last_names)) for p in entry.persons["author"]]
         others = last[-1] == "others"
         last = [n for n in last if n != "others"]
         names = (f"{last[0]} et al." if len(last) > 2 or others else " and ".join(last))
-        entries[key] = (names, entry.fields["year"], entry.fields["url"])
+        entries[key] = (names, entry.fields["year"], entry.fields["url"], plain(entry.fields["title"]))
     return entries
 
 
@@ -181,15 +196,51 @@ def leftovers(source):
     return found
 
 
-def convert(path):
-    """Convert one notebook in place; return how many markdown cells changed."""
-    nb = nbformat.read(path, as_version=4)
-    changed = 0
+def caption_source(caption):
+    return f"**Figure.** {convert_source(caption)}"
+
+
+def references_source(nb):
+    """The chapter's works, in the order its Markdown first links to them, as a Markdown list."""
+    by_url = {url: (names, year, url, title) for names, year, url, title in bibliography().values()}
+    cited = dict.fromkeys(url for cell in nb.cells if cell.cell_type == "markdown"
+                          and not cell.source.startswith(REFERENCES)
+                          for url in LINK.findall(cell.source) if url in by_url)
+    items = [f"- [{names} ({year})]({url}). *{title}*." for names, year, url, title in
+             map(by_url.get, cited)]
+    return "\n".join([REFERENCES, "", "The works this page cites, in the order it first cites them. "
+                      "The book's bibliography lists every work the chapters cite (its source: "
+                      f"[book/references.bib]({REPO_URL}/blob/main/book/references.bib)).", "",
+                      *items])
+
+
+def convert_notebook(nb):
+    """Convert a notebook in memory; return how many cells were changed, added or removed."""
+    before = {(cell.id, cell.source) for cell in nb.cells}
+    cells = []
     for cell in nb.cells:
+        if CAPTION_TAG in cell.metadata.get("tags", []):
+            continue  # written again after its figure below, or gone with the figure's caption
+        cells.append(cell)
         if cell.cell_type == "markdown":
-            new = convert_source(cell.source)
-            if new != cell.source:
-                cell.source, changed = new, changed + 1
+            cell.source = convert_source(cell.source)
+        caption = cell.metadata.get("mystnb", {}).get("figure", {}).get("caption")
+        if cell.cell_type == "code" and caption:
+            cells.append(nbformat.v4.new_markdown_cell(
+                caption_source(caption), id=f"{cell.id}-caption"[-64:],
+                metadata={"tags": ["remove-cell", CAPTION_TAG]}))
+    if not (cells[-1].cell_type == "markdown" and cells[-1].source.startswith(REFERENCES)):
+        cells.append(nbformat.v4.new_markdown_cell("", id="references"))
+    nb.cells = cells
+    cells[-1].source = references_source(nb)
+    after = {(cell.id, cell.source) for cell in nb.cells}
+    return len(after - before) + len({i for i, _ in before} - {i for i, _ in after})
+
+
+def convert(path):
+    """Convert one notebook in place; return how many cells changed, and what is left."""
+    nb = nbformat.read(path, as_version=4)
+    changed = convert_notebook(nb)
     if changed:
         nbformat.write(nb, path)
     return changed, [(i, *x) for i, cell in enumerate(nb.cells) if cell.cell_type == "markdown"
@@ -206,6 +257,6 @@ if __name__ == "__main__":
         sys.exit("usage: .venv/bin/python tools/colab_view.py chapters/NN_name.ipynb ...")
     for path in paths:
         changed, left = convert(path)
-        print(f"{path}: {changed} markdown cells converted")
+        print(f"{path}: {changed} markdown cells converted or written")
         for i, kind, text in left:
             print(f"  cell {i}: left as it is ({kind}): {text[:80]}")
