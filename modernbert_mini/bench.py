@@ -150,10 +150,12 @@ def _release_freed_memory() -> None:
         pass
 
 
-def peak_memory(run, device: str | torch.device = "cpu") -> int:
+def peak_memory(run, device: str | torch.device = "cpu") -> float:
     """Bytes a call adds at its peak on `device`, where its tensors live: CUDA's allocator stats,
     or on the CPU (Linux) the resident memory's high-water mark (reset before the call), above
-    what was resident before it. A GPU runtime's CPU work is measured on the CPU."""
+    what was resident before it. A GPU runtime's CPU work is measured on the CPU. Where the
+    high-water mark cannot be reset (not Linux, or /proc not writable), the call still runs and
+    the answer is NaN: no number rather than a wrong one."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -162,8 +164,12 @@ def peak_memory(run, device: str | torch.device = "cpu") -> int:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     _release_freed_memory()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current resident size
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+    except OSError:
+        run()
+        return math.nan
     before = _rss()
     run()
     return _peak_rss() - before

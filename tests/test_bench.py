@@ -1,6 +1,7 @@
 """bench.py's pieces that are not timings: the cases and the FLOP count, worked out by hand."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -34,6 +35,20 @@ def test_model_flops_by_hand():
 
 def test_peak_memory_sees_an_allocation():
     assert bench.peak_memory(lambda: torch.ones(64, 2 ** 20).sum()) > 100 * 2 ** 20
+
+
+def test_peak_memory_is_nan_where_the_peak_cannot_be_reset(monkeypatch):
+    """Not Linux, or /proc read-only: the call still runs, and no number is made up."""
+    real_open, ran = open, []
+
+    def no_clear_refs(path, *args, **kwargs):
+        if str(path) == "/proc/self/clear_refs":
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_clear_refs)
+    assert math.isnan(bench.peak_memory(lambda: ran.append(1)))
+    assert ran == [1]
 
 
 def test_run_writes_after_every_case_and_times_each_first_call(tmp_path, monkeypatch):
