@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: book test notebooks browser clean bench pretrain finetune mini-checkpoint corpus wheelhouse
+.PHONY: book test notebooks browser clean bench claim-trials pretrain finetune mini-checkpoint corpus wheelhouse
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,6 +40,14 @@ notebooks: $(STAMP)
 ## make bench: modernbert_mini against transformers' ModernBERT, same weights, one process (out/bench/)
 bench: $(STAMP)
 	$(PY) -m modernbert_mini.bench --out out/bench
+
+## make claim-trials: show that the chapters' checked statements can fail: for one statement in each
+## chapter, change the outputs it reads as a regression would (in a copy, cut after its cell), run the
+## copy and check that the statement turns (tools/claim_trials.py; about 5 minutes on 2 cores, not
+## part of make test). CLAIM_TRIALS_ARGS="--only 04" runs some chapters, "--list" prints the trials.
+CLAIM_TRIALS_ARGS ?=
+claim-trials: $(STAMP)
+	$(PY) tools/claim_trials.py $(CLAIM_TRIALS_ARGS)
 
 ## make pretrain: pretrain the mini ModernBERT on the stdlib corpus with ModernBERT's recipe
 ## (StableAdamW with weight decay relative to the peak lr, no gradient clipping, batch-size warmup,
