@@ -115,8 +115,13 @@ def page_problems(browser, base, html, doc):
             problems.append(f"figure without a caption (alt={alt[:60]!r})")
 
     # nbval's markers live in cell tags, never in the code a reader sees
-    if "NBVAL_" in page.locator("article").inner_text():
+    text = page.locator("article").inner_text()
+    if "NBVAL_" in text:
         problems.append("an NBVAL_ comment shows on the page")
+
+    # a caption's Markdown copy for Colab (tools/colab_view.py) is skipped: the caption shows once
+    if re.search(r"(^|\n)Figure\. ", text):
+        problems.append("a caption's Colab copy (a 'Figure.' paragraph) shows on the page")
 
     # internal links: the file exists, and so does the anchor
     for href in set(page.evaluate("() => [...document.querySelectorAll('a[href]')].map(a => a.href)")):
