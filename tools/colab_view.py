@@ -30,8 +30,9 @@ What MyST keeps outside the Markdown gets a Markdown copy, generated here and no
   cites them, each with its title and address, and a pointer to book/references.bib in the
   repository (the address from _config.yml).
 
-Code cells, their sources and outputs stay as they are, so committed outputs stay valid. The notebook is written as tools/run_notebooks.py writes it (nbformat,
-indent 1), and only when something changed; running it again changes nothing. What it does not
+Code cells, their sources and outputs stay as they are, so committed outputs stay valid. The
+notebook is written as tools/run_notebooks.py writes it (nbformat, indent 1), and only when
+something changed; running it again changes nothing. What it does not
 know how to convert (another role or directive) it leaves and prints: tests/test_colab_view.py
 fails on it, so it is decided by hand.
 """
@@ -80,7 +81,8 @@ def bibliography():
         others = last[-1] == "others"
         last = [n for n in last if n != "others"]
         names = (f"{last[0]} et al." if len(last) > 2 or others else " and ".join(last))
-        entries[key] = (names, entry.fields["year"], entry.fields["url"], plain(entry.fields["title"]))
+        entries[key] = (names, entry.fields["year"], entry.fields["url"],
+                        plain(entry.fields["title"]))
     return entries
 
 
@@ -208,10 +210,10 @@ def references_source(nb):
                           for url in LINK.findall(cell.source) if url in by_url)
     items = [f"- [{names} ({year})]({url}). *{title}*." for names, year, url, title in
              map(by_url.get, cited)]
-    return "\n".join([REFERENCES, "", "The works this page cites, in the order it first cites them. "
-                      "The book's bibliography lists every work the chapters cite (its source: "
-                      f"[book/references.bib]({REPO_URL}/blob/main/book/references.bib)).", "",
-                      *items])
+    intro = ("The works this page cites, in the order it first cites them. The book's bibliography "
+             "lists every work the chapters cite (its source: "
+             f"[book/references.bib]({REPO_URL}/blob/main/book/references.bib)).")
+    return "\n".join([REFERENCES, "", intro, "", *items])
 
 
 def convert_notebook(nb):
