@@ -228,8 +228,6 @@ def run(trial: Trial, mutated: bool = True, timeout: int = 600) -> tuple[bool, b
     nb, committed = prepare(trial, mutated)
     folder = Path(tempfile.mkdtemp(prefix=f"claim-trial-{trial.chapter}-"))
     try:
-        path = folder / trial.notebook
-        nbformat.write(nb, path)
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                                 resources={"metadata": {"path": str(folder)}})
         start = time.perf_counter()
